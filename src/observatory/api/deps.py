@@ -1,0 +1,210 @@
+"""Shared request plumbing: the application state, authentication, client addresses."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import HTTPException, Request
+from starlette.concurrency import run_in_threadpool
+
+from observatory.cache import QueryCache
+from observatory.config import Settings
+from observatory.ingest.writer import GroupCommitWriter
+from observatory.model import ApiKey, ModelPrice, Role
+from observatory.store import admin
+from observatory.store.engine import Database
+
+log = logging.getLogger(__name__)
+KEY_CACHE_SECONDS = 5.0
+PRICE_CACHE_SECONDS = 10.0
+
+
+@dataclass
+class AppState:
+    """Everything a request handler needs; built by ``create_app``."""
+
+    settings: Settings
+    db: Database
+    writer: GroupCommitWriter
+    cache: QueryCache
+    started_at: float = field(default_factory=time.time)
+    _keys: dict[str, tuple[float, ApiKey]] = field(default_factory=dict)
+    _prices: dict[int, tuple[float, list[ModelPrice]]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def cached_key(self, secret: str) -> ApiKey | None:
+        cached = self._keys.get(admin.hash_key(secret))
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        return None
+
+    def lookup_key(self, secret: str) -> ApiKey | None:
+        """Authenticate a secret (cached briefly so ingest does not query per request)."""
+        digest = admin.hash_key(secret)
+        now = time.monotonic()
+        cached = self._keys.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        with self.db.engine.connect() as conn:
+            key = admin.authenticate(conn, secret)
+        if key is not None:
+            with self._lock:
+                if len(self._keys) > 10_000:
+                    self._keys.clear()
+                self._keys[digest] = (now + KEY_CACHE_SECONDS, key)
+        return key
+
+    def forget_keys(self) -> None:
+        with self._lock:
+            self._keys.clear()
+
+    def cached_prices(self, project_id: int) -> list[ModelPrice] | None:
+        cached = self._prices.get(project_id)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        return None
+
+    def project_prices(self, project_id: int) -> list[ModelPrice]:
+        now = time.monotonic()
+        cached = self._prices.get(project_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        with self.db.write() as conn:
+            prices = admin.list_prices(conn, project_id)
+        self._prices[project_id] = (now + PRICE_CACHE_SECONDS, prices)
+        return prices
+
+    def forget_prices(self, project_id: int) -> None:
+        self._prices.pop(project_id, None)
+
+
+def state(request: Request) -> AppState:
+    return request.app.state.obs  # type: ignore[no-any-return]
+
+
+def client_address(request: Request) -> str:
+    """The client's address; X-Forwarded-For is believed only from trusted proxies."""
+    peer = request.client.host if request.client else ""
+    settings: Settings = state(request).settings
+    networks = settings.trusted_proxy_networks
+    if not networks or not peer:
+        return peer
+    try:
+        peer_ip = ipaddress.ip_address(peer)
+    except ValueError:
+        return peer
+    if not any(peer_ip in net for net in networks):
+        return peer
+    forwarded = request.headers.get("x-forwarded-for", "")
+    hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+    # Walk from the nearest hop back; the first untrusted address is the client.
+    for hop in reversed(hops):
+        try:
+            hop_ip = ipaddress.ip_address(hop)
+        except ValueError:
+            return hop[:64]
+        if not any(hop_ip in net for net in networks):
+            return hop
+    return hops[0] if hops else peer
+
+
+def presented_key(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    api_key = request.headers.get("x-api-key")
+    if api_key:
+        return api_key.strip()
+    return None
+
+
+def _audit_refusal(st: AppState, request: Request, reason: str, key: ApiKey | None = None) -> None:
+    try:
+        with st.db.write() as conn:
+            admin.record_audit(
+                conn,
+                action="auth.refused",
+                outcome=reason,
+                project_id=key.project_id if key else None,
+                key_id=key.key_id if key else None,
+                actor=key.key_prefix if key else "",
+                object_type="route",
+                object_id=f"{request.method} {request.url.path}",
+                remote_addr=client_address(request),
+            )
+    except Exception:
+        log.warning("could not record a refused authentication in the audit log", exc_info=True)
+
+
+async def authenticate(request: Request, needed: Role) -> ApiKey:
+    """The request's key, or 401 (no/invalid key) / 403 (key lacks the role)."""
+    st = state(request)
+    cached = getattr(request.state, "api_key", None)
+    if isinstance(cached, ApiKey):
+        key: ApiKey | None = cached
+    else:
+        secret = presented_key(request)
+        if secret is None:
+            secret = getattr(request.state, "session_key", None)
+        if not secret:
+            await run_in_threadpool(_audit_refusal, st, request, "missing_key")
+            raise HTTPException(
+                401,
+                "missing API key: send Authorization: Bearer <key> or x-api-key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        key = st.cached_key(secret) or await run_in_threadpool(st.lookup_key, secret)
+        if key is None:
+            reason = await run_in_threadpool(_key_state, st, secret)
+            await run_in_threadpool(_audit_refusal, st, request, f"{reason}_key")
+            raise HTTPException(
+                401,
+                f"API key is {reason}" if reason != "unknown" else "API key is not valid",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        request.state.api_key = key
+    assert key is not None
+    if not key.role.allows(needed):
+        await run_in_threadpool(_audit_refusal, st, request, "forbidden", key)
+        raise HTTPException(403, f"this key has role {key.role.value}; {needed.value} is needed")
+    return key
+
+
+def _key_state(st: AppState, secret: str) -> str:
+    with st.db.write() as conn:
+        return admin.key_state(conn, secret)
+
+
+class Require:
+    """FastAPI dependency: ``key: ApiKey = Depends(Require(Role.READ))``."""
+
+    def __init__(self, role: Role) -> None:
+        self.role = role
+
+    async def __call__(self, request: Request) -> ApiKey:
+        return await authenticate(request, self.role)
+
+
+def audit(
+    request: Request, key: ApiKey | None, action: str, outcome: str = "ok", **fields: Any
+) -> None:
+    """Record an admin action (synchronously; call from a worker thread)."""
+    st = state(request)
+    with st.db.write() as conn:
+        admin.record_audit(
+            conn,
+            action=action,
+            outcome=outcome,
+            project_id=key.project_id if key else None,
+            key_id=key.key_id if key else None,
+            actor=key.key_prefix if key else "",
+            remote_addr=client_address(request),
+            **fields,
+        )

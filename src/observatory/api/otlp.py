@@ -1,0 +1,133 @@
+"""``POST /v1/traces``: the OTLP/HTTP receiver.
+
+It checks the content type and size, authenticates, hands decoding to a worker thread and the
+rows to the group-commit writer, and answers only after the commit. Status codes follow the
+OTLP/HTTP specification: 200 with ``partial_success`` when some spans were rejected, 400 for a
+body that cannot be decoded ("MUST NOT be retried"), 413 above the size limit, 415 for an
+unsupported content type, 429/503 with ``Retry-After`` when the server is overloaded or the
+database is down ("the client SHOULD ... retry", honouring Retry-After).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, HTTPException, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from observatory import metrics
+from observatory.api.deps import authenticate, state
+from observatory.ingest import otlp
+from observatory.ingest.pipeline import (
+    PROTOBUF,
+    BodyTooLarge,
+    count_llm_metrics,
+    gunzip,
+    media_type,
+    prepare,
+)
+from observatory.ingest.writer import Overloaded, Unavailable
+from observatory.model import Role
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+
+def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> Response:
+    body, content_type = otlp.encode_status(message, kind == PROTOBUF)
+    return Response(body, status_code=status, media_type=content_type, headers=headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Read at most ``limit`` bytes of the body; raise BodyTooLarge beyond it."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise BodyTooLarge(f"body of {declared} bytes exceeds {limit} bytes")
+        except ValueError:
+            pass
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post(
+    "/v1/traces",
+    tags=["ingest"],
+    summary="OTLP/HTTP trace export (protobuf or JSON)",
+    responses={
+        200: {"description": "Accepted (possibly with partial_success)"},
+        400: {"description": "Undecodable body"},
+        401: {"description": "Missing or invalid API key"},
+        403: {"description": "Key may not ingest"},
+        413: {"description": "Body too large"},
+        415: {"description": "Unsupported content type or encoding"},
+        429: {"description": "Rate limited; retry after Retry-After"},
+        503: {"description": "Overloaded or database unavailable; retry after Retry-After"},
+    },
+)
+async def export_traces(request: Request) -> Response:
+    st = state(request)
+    settings = st.settings
+    kind = media_type(request.headers.get("content-type"))
+    if kind is None:
+        metrics.spans_rejected_total.labels("unsupported_media_type").inc()
+        return Response(
+            b'{"message":"Content-Type must be application/x-protobuf or application/json"}',
+            status_code=415,
+            media_type="application/json",
+        )
+    try:
+        key = await authenticate(request, Role.INGEST)
+    except HTTPException as exc:
+        return _error(exc.status_code, str(exc.detail), kind, dict(exc.headers or {}))
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip", ""):
+        return _error(415, f"Content-Encoding {encoding!r} is not supported (use gzip)", kind)
+    retry_after = {"Retry-After": str(settings.retry_after_seconds)}
+    try:
+        body = await read_body(request, settings.max_body_bytes)
+        if encoding == "gzip":
+            body = await run_in_threadpool(gunzip, body, settings.max_body_bytes)
+    except BodyTooLarge as exc:
+        metrics.spans_rejected_total.labels("too_large").inc()
+        return _error(413, str(exc), kind)
+    except otlp.OtlpDecodeError as exc:
+        metrics.spans_rejected_total.labels("invalid").inc()
+        return _error(400, str(exc), kind)
+    prices = st.cached_prices(key.project_id)
+    if prices is None:
+        prices = await run_in_threadpool(st.project_prices, key.project_id)
+    try:
+        prepared = await run_in_threadpool(prepare, body, kind, key.project_id, prices)
+    except otlp.OtlpDecodeError as exc:
+        metrics.spans_rejected_total.labels("invalid").inc()
+        return _error(400, str(exc), kind)
+    if prepared.rejected:
+        metrics.spans_rejected_total.labels("invalid").inc(prepared.rejected)
+    try:
+        result = await st.writer.submit(prepared.rows, settings.request_timeout_seconds)
+    except Overloaded as exc:
+        metrics.spans_rejected_total.labels("overload").inc(len(prepared.rows))
+        return _error(503, str(exc), kind, retry_after)
+    except (TimeoutError, Unavailable) as exc:
+        metrics.spans_rejected_total.labels("unavailable").inc(len(prepared.rows))
+        message = str(exc) or "the write did not complete in time"
+        return _error(503, message, kind, retry_after)
+    rejected = prepared.rejected + len(result.rejected_rows)
+    message = "; ".join(m for m in (prepared.message, result.rejected_message) if m)
+    accepted_spans = prepared.spans
+    if result.rejected_rows:
+        bad = set(result.rejected_rows)
+        accepted_spans = [s for i, s in enumerate(prepared.spans) if i not in bad]
+    metrics.spans_accepted_total.inc(len(accepted_spans))
+    count_llm_metrics(accepted_spans)
+    await run_in_threadpool(st.cache.bump, key.project_id)
+    body_out, content_type = otlp.encode_response(rejected, message, kind == PROTOBUF)
+    return Response(body_out, status_code=200, media_type=content_type)

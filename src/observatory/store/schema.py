@@ -1,0 +1,291 @@
+"""Table definitions (SQLAlchemy Core). The same names and columns on SQLite and PostgreSQL.
+
+Times of spans are BIGINT unix nanoseconds (as in OTLP), rollup buckets BIGINT unix seconds.
+Money is exact: NUMERIC(20,10) on PostgreSQL, an integer count of 1e-10 USD on SQLite (which has
+no exact decimal type), both read back as ``Decimal``.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Double,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+USD_SCALE = Decimal("1e10")
+
+
+class UsdAmount(TypeDecorator[Decimal]):
+    """Exact USD amount: NUMERIC(20,10) on PostgreSQL, integer 1e-10 USD units on SQLite."""
+
+    impl = Numeric(20, 10)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(BigInteger())
+        return dialect.type_descriptor(Numeric(20, 10, asdecimal=True))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return int((Decimal(value) * USD_SCALE).to_integral_value())
+        return Decimal(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return Decimal(int(value)) / USD_SCALE
+        return Decimal(value)
+
+
+Id = BigInteger().with_variant(Integer(), "sqlite")
+metadata = MetaData()
+
+projects = Table(
+    "projects",
+    metadata,
+    Column("project_id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("settings", Text, nullable=False, server_default="{}"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_id", Id, primary_key=True, autoincrement=True),
+    Column("project_id", BigInteger, nullable=False),
+    Column("name", String(128), nullable=False, server_default=""),
+    Column("role", String(16), nullable=False),
+    Column("key_prefix", String(32), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
+    Column("last_used_at", DateTime(timezone=True)),
+    Index("ix_api_keys_project", "project_id"),
+)
+
+model_prices = Table(
+    "model_prices",
+    metadata,
+    Column("price_id", Id, primary_key=True, autoincrement=True),
+    Column("project_id", BigInteger, nullable=False),
+    Column("provider", String(64), nullable=False, server_default=""),
+    Column("model", String(256), nullable=False),
+    Column("input_usd_per_mtok", Numeric(20, 10), nullable=False),
+    Column("output_usd_per_mtok", Numeric(20, 10), nullable=False),
+    Column("cache_read_usd_per_mtok", Numeric(20, 10)),
+    Column("cache_write_usd_per_mtok", Numeric(20, 10)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("project_id", "provider", "model", name="uq_model_prices"),
+)
+
+# Columns of spans in insertion order (the COPY/staging column list).
+SPAN_COLUMNS: tuple[str, ...] = (
+    "project_id",
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "name",
+    "kind",
+    "start_time_unix_nano",
+    "end_time_unix_nano",
+    "duration_ms",
+    "status_code",
+    "status_message",
+    "service_name",
+    "environment",
+    "scope_name",
+    "provider",
+    "operation",
+    "request_model",
+    "response_model",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+    "input_cost_usd",
+    "output_cost_usd",
+    "total_cost_usd",
+    "time_to_first_token_ms",
+    "finish_reason",
+    "session_id",
+    "user_id",
+    "prompt",
+    "completion",
+    "attributes",
+    "resource_attributes",
+    "events",
+    "links",
+)
+
+spans = Table(
+    "spans",
+    metadata,
+    Column("span_rowid", Id, primary_key=True, autoincrement=True),
+    Column("project_id", BigInteger, nullable=False),
+    Column("trace_id", String(32), nullable=False),
+    Column("span_id", String(16), nullable=False),
+    Column("parent_span_id", String(16)),
+    Column("name", Text, nullable=False),
+    Column("kind", SmallInteger, nullable=False),
+    Column("start_time_unix_nano", BigInteger, nullable=False),
+    Column("end_time_unix_nano", BigInteger, nullable=False),
+    Column("duration_ms", Double, nullable=False),
+    Column("status_code", SmallInteger, nullable=False),
+    Column("status_message", Text),
+    Column("service_name", Text),
+    Column("environment", Text),
+    Column("scope_name", Text),
+    Column("provider", Text),
+    Column("operation", Text),
+    Column("request_model", Text),
+    Column("response_model", Text),
+    Column("input_tokens", BigInteger),
+    Column("output_tokens", BigInteger),
+    Column("cache_read_tokens", BigInteger),
+    Column("cache_write_tokens", BigInteger),
+    Column("reasoning_tokens", BigInteger),
+    Column("total_tokens", BigInteger),
+    Column("input_cost_usd", UsdAmount),
+    Column("output_cost_usd", UsdAmount),
+    Column("total_cost_usd", UsdAmount),
+    Column("time_to_first_token_ms", Double),
+    Column("finish_reason", Text),
+    Column("session_id", Text),
+    Column("user_id", Text),
+    Column("prompt", Text),
+    Column("completion", Text),
+    Column("attributes", Text, nullable=False),
+    Column("resource_attributes", Text, nullable=False),
+    Column("events", Text, nullable=False),
+    Column("links", Text, nullable=False),
+    # SQLite only; on PostgreSQL the migration creates a partitioned table whose unique key
+    # must include the partition column (start_time_unix_nano).
+    UniqueConstraint("project_id", "trace_id", "span_id", name="uq_spans_identity"),
+    Index("ix_spans_trace", "project_id", "trace_id"),
+    Index("ix_spans_start", "project_id", "start_time_unix_nano"),
+    Index("ix_spans_session", "project_id", "session_id", "start_time_unix_nano"),
+    Index("ix_spans_user", "project_id", "user_id", "start_time_unix_nano"),
+)
+
+traces = Table(
+    "traces",
+    metadata,
+    Column("project_id", BigInteger, nullable=False),
+    Column("trace_id", String(32), nullable=False),
+    Column("start_time_unix_nano", BigInteger, nullable=False),
+    Column("end_time_unix_nano", BigInteger, nullable=False),
+    Column("duration_ms", Double, nullable=False),
+    Column("root_span_id", String(16)),
+    Column("root_span_name", Text),
+    Column("span_count", BigInteger, nullable=False),
+    Column("llm_call_count", BigInteger, nullable=False),
+    Column("error_count", BigInteger, nullable=False),
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("total_tokens", BigInteger, nullable=False),
+    Column("total_cost_usd", UsdAmount),
+    Column("service_name", Text),
+    Column("environment", Text),
+    Column("user_id", Text),
+    Column("session_id", Text),
+    PrimaryKeyConstraint("project_id", "trace_id", name="pk_traces"),
+    Index("ix_traces_start", "project_id", "start_time_unix_nano"),
+    Index("ix_traces_session", "project_id", "session_id", "start_time_unix_nano"),
+    Index("ix_traces_user", "project_id", "user_id", "start_time_unix_nano"),
+)
+
+ROLLUP_DIMENSIONS: tuple[str, ...] = (
+    "service_name",
+    "provider",
+    "model",
+    "operation",
+    "environment",
+)
+ROLLUP_KEY: tuple[str, ...] = ("project_id", "bucket_start_unix_s", *ROLLUP_DIMENSIONS)
+ROLLUP_SUMS: tuple[str, ...] = (
+    "requests",
+    "errors",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "duration_ms_sum",
+)
+
+
+def _rollup_key_columns() -> list[Column[Any]]:
+    return [
+        Column("project_id", BigInteger, nullable=False),
+        Column("bucket_start_unix_s", BigInteger, nullable=False),
+        *[Column(d, Text, nullable=False, server_default="") for d in ROLLUP_DIMENSIONS],
+    ]
+
+
+rollups_1m = Table(
+    "rollups_1m",
+    metadata,
+    *_rollup_key_columns(),
+    Column("requests", BigInteger, nullable=False),
+    Column("errors", BigInteger, nullable=False),
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("cache_read_tokens", BigInteger, nullable=False),
+    Column("cache_write_tokens", BigInteger, nullable=False),
+    Column("reasoning_tokens", BigInteger, nullable=False),
+    Column("cost_usd", UsdAmount, nullable=False),
+    Column("duration_ms_sum", Double, nullable=False),
+    PrimaryKeyConstraint(*ROLLUP_KEY, name="pk_rollups_1m"),
+)
+
+rollups_1m_latency = Table(
+    "rollups_1m_latency",
+    metadata,
+    *_rollup_key_columns(),
+    Column("bucket_index", SmallInteger, nullable=False),
+    Column("count", BigInteger, nullable=False),
+    PrimaryKeyConstraint(*ROLLUP_KEY, "bucket_index", name="pk_rollups_1m_latency"),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("audit_id", Id, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("project_id", BigInteger),
+    Column("key_id", BigInteger),
+    Column("actor", String(64), nullable=False, server_default=""),
+    Column("action", String(64), nullable=False),
+    Column("object_type", String(64), nullable=False, server_default=""),
+    Column("object_id", String(256), nullable=False, server_default=""),
+    Column("remote_addr", String(64), nullable=False, server_default=""),
+    Column("outcome", String(32), nullable=False),
+    Column("details", Text, nullable=False, server_default="{}"),
+    Index("ix_audit_project_at", "project_id", "at"),
+)
