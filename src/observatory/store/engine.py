@@ -189,9 +189,9 @@ def migrate(db: Database) -> str:
     cfg.set_main_option("script_location", script_location)
     with migration_lock(db), db.engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
-        revision = MigrationContext.configure(conn).get_current_revision()
-    return revision or ""
+        command.upgrade(cfg, "heads")
+        heads = MigrationContext.configure(conn).get_current_heads()
+    return ",".join(sorted(heads))
 
 
 def current_revision(db: Database) -> str | None:
