@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import secrets
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -304,17 +305,23 @@ def create_app(settings: Settings, *, print_banner: bool = False) -> FastAPI:
 
 
 def _print_banner(settings: Settings, key: str) -> None:
+    """Print the new admin key once, for the person at the terminal.
+
+    When stdout is not a terminal (a container's log, a log collector) the key itself is not
+    printed, only where to find it: keys never go into logs.
+    """
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host  # noqa: S104
     base = f"http://{host}:{settings.port}"
     key_file = Path(settings.data_dir) / "initial-admin-key"
+    shown = key if sys.stdout.isatty() else f"$(cat {key_file})"
     print(
         "\n"
         "  LLM Observatory is ready. A project 'default' and an admin key were created.\n"
         f"  Admin key (shown once, also in {key_file}):\n\n"
-        f"      {key}\n\n"
+        f"      {shown}\n\n"
         "  Send traces with any OpenTelemetry exporter:\n\n"
         f"      export OTEL_EXPORTER_OTLP_TRACES_ENDPOINT={base}/v1/traces\n"
-        f'      export OTEL_EXPORTER_OTLP_HEADERS="Authorization=Bearer%20{key}"\n\n'
+        f'      export OTEL_EXPORTER_OTLP_HEADERS="Authorization=Bearer%20{shown}"\n\n'
         f"  API docs: {base}/docs\n",
         flush=True,
     )

@@ -20,8 +20,11 @@ from observatory.model import Role
 SERVE_FLAGS = ("host", "port", "workers", "database_url", "role", "data_dir")
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {name: getattr(args, name, None) for name in SERVE_FLAGS}
+COMMON_FLAGS = ("database_url", "data_dir")
+
+
+def _settings(args: argparse.Namespace, flags: tuple[str, ...] = COMMON_FLAGS) -> Settings:
+    overrides = {name: getattr(args, name, None) for name in flags}
     return load_settings(overrides)
 
 
@@ -46,7 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from observatory.app import _print_banner, bootstrap
     from observatory.logs import setup_logging
 
-    settings = _settings(args)
+    settings = _settings(args, SERVE_FLAGS)
     setup_logging(settings.log_level, settings.log_format)
     # Migrate and bootstrap once here, before any worker starts, so workers never race.
     db = _migrated(settings)
