@@ -34,8 +34,10 @@ def test_current_genai_names() -> None:
             "gen_ai.usage.reasoning_tokens": 5,
             "gen_ai.response.finish_reasons": ["stop"],
             "gen_ai.conversation.id": "conv-1",
-            "gen_ai.input.messages": '[{"role": "user", "parts": [{"type": "text", "content": "hi"}]}]',
-            "gen_ai.output.messages": '[{"role": "assistant", "parts": [{"type": "text", "content": "yo"}]}]',
+            "gen_ai.input.messages": '[{"role": "user", "parts": '
+            '[{"type": "text", "content": "hi"}]}]',
+            "gen_ai.output.messages": '[{"role": "assistant", "parts": '
+            '[{"type": "text", "content": "yo"}]}]',
             "gen_ai.system_instructions": '[{"type": "text", "content": "be brief"}]',
         },
         resource={"service.name": "svc", "deployment.environment.name": "prod"},
