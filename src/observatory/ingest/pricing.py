@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
@@ -60,18 +60,13 @@ def _usage(usage: LlmUsage) -> genai_prices.Usage:
     )
 
 
-def catalogue_cost(
-    provider: str | None, model: str, usage: LlmUsage, at_unix_nano: int
-) -> Cost | None:
-    found = _lookup(provider, model)
-    if found is None:
-        return None
+def _exact(found: tuple[Any, Any], usage: LlmUsage, day: date) -> Cost | None:
     prov, info = found
     try:
         calc = info.calc_price(
             _usage(usage),
             prov,
-            genai_request_timestamp=datetime.fromtimestamp(at_unix_nano / 1e9, tz=UTC),
+            genai_request_timestamp=datetime(day.year, day.month, day.day, 12, tzinfo=UTC),
             auto_update_timestamp=None,
         )
     except (LookupError, ValueError, ArithmeticError):
@@ -81,6 +76,65 @@ def catalogue_cost(
         output_usd=Decimal(calc.output_price),
         total_usd=Decimal(calc.total_price),
     )
+
+
+_PROBE = 1_000_000
+
+
+@lru_cache(maxsize=4096)
+def _linear_rates(provider: str | None, model: str, day: date) -> tuple[Decimal, ...] | None:
+    """Per-token prices (input, output, cache read, cache write) when the price is linear.
+
+    genai-prices evaluates a price through a general unit registry (~0.2 ms a call); for the
+    common case of flat per-token prices the same exact decimals come from four probes, checked
+    once against a mixed usage. Tiered or otherwise non-linear prices return None and are
+    computed exactly per call.
+    """
+    found = _lookup(provider, model)
+    if found is None:
+        return None
+    probes = [
+        LlmUsage(input_tokens=_PROBE, output_tokens=0),
+        LlmUsage(input_tokens=0, output_tokens=_PROBE),
+        LlmUsage(input_tokens=_PROBE, output_tokens=0, cache_read_tokens=_PROBE),
+        LlmUsage(input_tokens=_PROBE, output_tokens=0, cache_write_tokens=_PROBE),
+    ]
+    rates = []
+    for probe in probes:
+        cost = _exact(found, probe, day)
+        if cost is None:
+            return None
+        rates.append(cost.total_usd / _PROBE)
+    check = LlmUsage(
+        input_tokens=7_000, output_tokens=3_000, cache_read_tokens=2_000, cache_write_tokens=1_000
+    )
+    exact = _exact(found, check, day)
+    if exact is None or exact.total_usd != _linear(tuple(rates), check).total_usd:
+        return None
+    return tuple(rates)
+
+
+def _linear(rates: tuple[Decimal, ...], usage: LlmUsage) -> Cost:
+    p_in, p_out, p_read, p_write = rates
+    cache_read = usage.cache_read_tokens or 0
+    cache_write = usage.cache_write_tokens or 0
+    plain = max((usage.input_tokens or 0) - cache_read - cache_write, 0)
+    input_usd = plain * p_in + cache_read * p_read + cache_write * p_write
+    output_usd = (usage.output_tokens or 0) * p_out
+    return Cost(input_usd=input_usd, output_usd=output_usd, total_usd=input_usd + output_usd)
+
+
+def catalogue_cost(
+    provider: str | None, model: str, usage: LlmUsage, at_unix_nano: int
+) -> Cost | None:
+    day = datetime.fromtimestamp(at_unix_nano / 1e9, tz=UTC).date()
+    rates = _linear_rates(provider, model, day)
+    if rates is not None:
+        return _linear(rates, usage)
+    found = _lookup(provider, model)
+    if found is None:
+        return None
+    return _exact(found, usage, day)
 
 
 def custom_cost(price: ModelPrice, usage: LlmUsage) -> Cost:
