@@ -167,6 +167,8 @@ def start_server(
         "OBSERVATORY_DATA_DIR": str(data_dir),
         "OBSERVATORY_LOG_FORMAT": "json",
         "OBSERVATORY_INITIAL_ADMIN_KEY": admin_key,
+        # Several servers run at once in the tests: none may take the default gRPC port.
+        "OBSERVATORY_GRPC_PORT": str(free_port()),
         **({"OBSERVATORY_DATABASE_URL": database_url} if database_url else {}),
         **(env or {}),
     }

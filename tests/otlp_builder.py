@@ -106,6 +106,13 @@ def _json_any(value: Any) -> dict[str, Any]:
     if isinstance(value, int):
         return {"intValue": str(value)}
     if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            # The protobuf JSON mapping writes non-finite doubles as strings.
+            return {
+                "doubleValue": "NaN"
+                if value != value
+                else ("Infinity" if value > 0 else "-Infinity")
+            }
         return {"doubleValue": value}
     if isinstance(value, list):
         return {"arrayValue": {"values": [_json_any(v) for v in value]}}

@@ -27,8 +27,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from observatory import __version__, metrics
 from observatory.api import admin as admin_api
 from observatory.api import analytics, health, otlp, traces
-from observatory.api.deps import AppState
+from observatory.api.deps import AppState, rate_limit_headers
 from observatory.cache import QueryCache
+from observatory.cache.ratelimit import RateLimiter
 from observatory.config import Settings
 from observatory.ingest.writer import GroupCommitWriter
 from observatory.model import Role
@@ -96,6 +97,10 @@ class RequestMiddleware:
                     if key == b"content-security-policy" and path.startswith(("/docs", "/redoc")):
                         value = DOCS_CSP
                     headers.append((key, value))
+                decision = scope["state"].get("rate_limit")
+                if decision is not None and b"ratelimit-limit" not in names:
+                    for name, text in rate_limit_headers(decision).items():
+                        headers.append((name.lower().encode(), text.encode()))
                 if scope.get("scheme") == "https" or _forwarded_https(scope):
                     headers.append(
                         (b"strict-transport-security", b"max-age=63072000; includeSubDomains")
@@ -221,7 +226,9 @@ def create_app(settings: Settings, *, print_banner: bool = False) -> FastAPI:
         batch_max_spans=settings.writer_batch_max_spans,
         max_wait_ms=settings.writer_max_wait_ms,
     )
-    st = AppState(settings=settings, db=db, writer=writer, cache=cache)
+    st = AppState(
+        settings=settings, db=db, writer=writer, cache=cache, limiter=RateLimiter(cache.redis)
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -232,6 +239,7 @@ def create_app(settings: Settings, *, print_banner: bool = False) -> FastAPI:
             await asyncio.to_thread(_ensure_partitions, db, settings)
         new_key = await asyncio.to_thread(bootstrap, db, settings)
         app.state.secret_key = await asyncio.to_thread(secret_key, settings)
+        st.secret_key = app.state.secret_key
         app.state.initial_admin_key = new_key
         if new_key and print_banner:
             _print_banner(settings, new_key)

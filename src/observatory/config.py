@@ -202,6 +202,123 @@ REGISTRY: tuple[Setting, ...] = (
         "Lifetime of cached dashboard query results.",
         minimum=0,
     ),
+    Setting(
+        "grpc_enabled",
+        True,
+        _parse_bool,
+        "Serve OTLP/gRPC (traces, logs, metrics) beside the HTTP server, in both roles.",
+    ),
+    Setting(
+        "grpc_port",
+        4317,
+        _parse_int,
+        "Port of the OTLP/gRPC receiver (bound on the same host as the HTTP server).",
+        minimum=1,
+    ),
+    Setting(
+        "grpc_tls_cert_file",
+        None,
+        _parse_optional_str,
+        "PEM certificate chain for OTLP/gRPC over TLS (with `OBSERVATORY_GRPC_TLS_KEY_FILE`); "
+        "plaintext gRPC when unset.",
+    ),
+    Setting(
+        "grpc_tls_key_file",
+        None,
+        _parse_optional_str,
+        "PEM private key for OTLP/gRPC over TLS (with `OBSERVATORY_GRPC_TLS_CERT_FILE`).",
+    ),
+    Setting(
+        "max_attribute_length",
+        131_072,
+        _parse_int,
+        "Longest string attribute value stored; longer values are truncated and their keys "
+        "listed in the span attribute `observatory.truncated_attributes`.",
+        minimum=256,
+    ),
+    Setting(
+        "max_attributes_per_span",
+        1024,
+        _parse_int,
+        "Attributes kept per span; the rest are dropped and counted in "
+        "`observatory.dropped_attributes_count`.",
+        minimum=16,
+    ),
+    Setting("max_events_per_span", 1024, _parse_int, "Events kept per span (the first ones).", minimum=1),
+    Setting("max_links_per_span", 128, _parse_int, "Links kept per span (the first ones).", minimum=1),
+    Setting(
+        "max_spans_per_request",
+        100_000,
+        _parse_int,
+        "Spans one export request may carry; a larger request is refused with 413.",
+        minimum=1,
+    ),
+    Setting(
+        "body_read_timeout_seconds",
+        30.0,
+        _parse_float,
+        "Time a client has to send a request body; slower clients get 408.",
+        minimum=0.1,
+    ),
+    Setting(
+        "max_inflight_ingest",
+        64,
+        _parse_int,
+        "OTLP requests processed at once per process; more are answered 503 with Retry-After "
+        "at once, keeping the server responsive to health checks and queries.",
+        minimum=1,
+    ),
+    Setting(
+        "rate_limit_key_requests_per_minute",
+        6000,
+        _parse_int,
+        "Requests per minute each API key may make (API and OTLP); 0 disables. Shared by all "
+        "servers through Redis when it is configured.",
+        minimum=0,
+    ),
+    Setting(
+        "rate_limit_project_spans_per_second",
+        0,
+        _parse_int,
+        "Spans per second each project may ingest; 0 disables. Per-project overrides in the "
+        "project settings (`PUT /api/v1/admin/settings/rate-limits`).",
+        minimum=0,
+    ),
+    Setting(
+        "retention_spans_days",
+        365,
+        _parse_int,
+        "Days spans (and their trace summaries) are kept; a project's settings may override it.",
+        minimum=1,
+    ),
+    Setting(
+        "retention_rollups_days",
+        730,
+        _parse_int,
+        "Days the per-minute rollups (dashboards, analytics) are kept; overridable per project.",
+        minimum=1,
+    ),
+    Setting(
+        "retention_audit_days",
+        365,
+        _parse_int,
+        "Days audit-log entries are kept; at least 365 (one year), overridable per project.",
+        minimum=365,
+    ),
+    Setting(
+        "retention_logs_days",
+        90,
+        _parse_int,
+        "Days OTLP log records are kept by the retention job; overridable per project.",
+        minimum=1,
+    ),
+    Setting(
+        "retention_interval_seconds",
+        3600,
+        _parse_int,
+        "How often the retention job runs in the server (one server of a cluster); 0 disables it.",
+        minimum=0,
+    ),
 )
 
 _BY_NAME = {s.name: s for s in REGISTRY}
@@ -234,6 +351,24 @@ class Settings:
     initial_admin_key: str | None = field(default=None, repr=False)
     trusted_proxies: str = ""
     cache_ttl_seconds: float = 10.0
+    grpc_enabled: bool = True
+    grpc_port: int = 4317
+    grpc_tls_cert_file: str | None = None
+    grpc_tls_key_file: str | None = None
+    max_attribute_length: int = 131_072
+    max_attributes_per_span: int = 1024
+    max_events_per_span: int = 1024
+    max_links_per_span: int = 128
+    max_spans_per_request: int = 100_000
+    body_read_timeout_seconds: float = 30.0
+    max_inflight_ingest: int = 64
+    rate_limit_key_requests_per_minute: int = 6000
+    rate_limit_project_spans_per_second: int = 0
+    retention_spans_days: int = 365
+    retention_rollups_days: int = 730
+    retention_audit_days: int = 365
+    retention_logs_days: int = 90
+    retention_interval_seconds: int = 3600
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -299,6 +434,10 @@ def load_settings(
         Settings(**values).trusted_proxy_networks  # noqa: B018 - validates the CIDRs
     except ValueError as exc:
         raise ConfigError(f"OBSERVATORY_TRUSTED_PROXIES: {exc}") from exc
+    if bool(values["grpc_tls_cert_file"]) != bool(values["grpc_tls_key_file"]):
+        raise ConfigError(
+            "OBSERVATORY_GRPC_TLS_CERT_FILE and OBSERVATORY_GRPC_TLS_KEY_FILE must be set together"
+        )
     from observatory.store.engine import DatabaseUrlError, parse_database_url
 
     for name in ("database_url", "database_read_url"):

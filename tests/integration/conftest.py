@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from observatory.app import create_app
-from observatory.config import load_settings
+from observatory.config import Settings, load_settings
+from tests.conftest import free_port
 
 
 class App:
@@ -53,15 +55,15 @@ def app_factory(tmp_path: Path) -> Iterator[Callable[..., App]]:
 
     def factory(database_url: str, **overrides: Any) -> App:
         data_dir = tmp_path / f"data{len(clients)}"
-        settings = load_settings(
-            {
-                "data_dir": str(data_dir),
-                "database_url": database_url,
-                "initial_admin_key": "obs_admin_" + "x" * 20 + str(len(clients)),
-                **overrides,
-            },
-            env={},
-        )
+        defaults: dict[str, Any] = {
+            "data_dir": str(data_dir),
+            "database_url": database_url,
+            "initial_admin_key": "obs_admin_" + "x" * 20 + str(len(clients)),
+        }
+        # Several apps run at once in the tests: none may take the default gRPC port.
+        if "grpc_port" in {f.name for f in dataclasses.fields(Settings)}:
+            defaults["grpc_port"] = free_port()
+        settings = load_settings({**defaults, **overrides}, env={})
         client = TestClient(create_app(settings), raise_server_exceptions=False)
         client.__enter__()
         clients.append(client)

@@ -6,7 +6,7 @@ returns an admin key for the new project (shown once); the caller's key gains no
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -15,6 +15,8 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from observatory.api.deps import Require, audit, state
+from observatory.api.params import parse_time
+from observatory.ingest import redact, sampling
 from observatory.model import ApiKey, ModelPrice, Role
 from observatory.store import admin
 
@@ -40,6 +42,19 @@ class PriceIn(BaseModel):
     output_usd_per_mtok: Decimal = Field(ge=0, le=1_000_000)
     cache_read_usd_per_mtok: Decimal | None = Field(default=None, ge=0, le=1_000_000)
     cache_write_usd_per_mtok: Decimal | None = Field(default=None, ge=0, le=1_000_000)
+
+
+def validate_rate_limits(raw: dict[str, Any]) -> dict[str, Any]:
+    """``{"spans_per_second": N, "key_requests_per_minute": N}``; 0 disables, absent = default."""
+    unknown = set(raw) - {"spans_per_second", "key_requests_per_minute"}
+    if unknown:
+        raise ValueError(f"unknown rate limit settings: {', '.join(sorted(unknown))}")
+    out = {}
+    for name, value in raw.items():
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 10**9:
+            raise ValueError(f"{name} must be a whole number from 0 to 1000000000")
+        out[name] = value
+    return out
 
 
 def key_json(key: ApiKey) -> dict[str, Any]:
@@ -262,11 +277,89 @@ async def list_audit(
     key: Annotated[ApiKey, Depends(administrator)],
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     before_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+    action: Annotated[
+        str | None, Query(max_length=64, description="Only this action, e.g. key.create")
+    ] = None,
+    outcome: Annotated[
+        str | None, Query(max_length=32, description="Only this outcome, e.g. ok, forbidden")
+    ] = None,
+    since: Annotated[
+        str | None, Query(max_length=64, description="From this time (ISO 8601 or unix seconds)")
+    ] = None,
 ) -> dict[str, Any]:
     st = state(request)
+    since_at = datetime.fromtimestamp(parse_time(since, "since") / 1e9, tz=UTC) if since else None
 
     def run() -> list[dict[str, Any]]:
         with st.db.read() as conn:
-            return admin.list_audit(conn, key.project_id, limit, before_id)
+            return admin.list_audit(
+                conn,
+                key.project_id,
+                limit,
+                before_id,
+                action=action or None,
+                outcome=outcome or None,
+                since=since_at,
+            )
 
     return {"data": await run_in_threadpool(run)}
+
+
+# --- project settings: redaction, sampling, rate limits -----------------------------------------
+
+SETTING_VALIDATORS: dict[str, Any] = {
+    "redaction": redact.validate_policy,
+    "sampling": sampling.validate_policy,
+    "rate-limits": validate_rate_limits,
+}
+SETTING_KEYS = {"redaction": "redaction", "sampling": "sampling", "rate-limits": "rate_limits"}
+
+
+@router.get("/settings/{section}", summary="One section of the project's ingest settings")
+async def get_settings(
+    request: Request,
+    section: Annotated[str, Path(pattern="^(redaction|sampling|rate-limits)$")],
+    key: Annotated[ApiKey, Depends(administrator)],
+) -> dict[str, Any]:
+    st = state(request)
+
+    def run() -> dict[str, Any]:
+        with st.db.read() as conn:
+            project = admin.get_project(conn, project_id=key.project_id)
+        stored = project.settings.get(SETTING_KEYS[section]) or {}
+        return dict(SETTING_VALIDATORS[section](stored))
+
+    return await run_in_threadpool(run)
+
+
+@router.put("/settings/{section}", summary="Replace one section of the project's ingest settings")
+async def put_settings(
+    request: Request,
+    section: Annotated[str, Path(pattern="^(redaction|sampling|rate-limits)$")],
+    body: dict[str, Any],
+    key: Annotated[ApiKey, Depends(administrator)],
+) -> dict[str, Any]:
+    st = state(request)
+    try:
+        checked = dict(SETTING_VALIDATORS[section](body))
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from exc
+
+    def run() -> dict[str, Any]:
+        with st.db.write() as conn:
+            project = admin.get_project(conn, project_id=key.project_id)
+            settings = dict(project.settings)
+            settings[SETTING_KEYS[section]] = checked
+            admin.update_project_settings(conn, key.project_id, settings)
+        st.forget_config(key.project_id)
+        audit(
+            request,
+            key,
+            f"settings.{section}",
+            object_type="project",
+            object_id=str(key.project_id),
+            details={"settings": checked},
+        )
+        return checked
+
+    return await run_in_threadpool(run)

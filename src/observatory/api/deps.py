@@ -13,7 +13,12 @@ from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
 from observatory.cache import QueryCache
+from observatory.cache.ratelimit import Decision, RateLimiter
 from observatory.config import Settings
+from observatory.ingest.limits import Limits
+from observatory.ingest.pipeline import Policy
+from observatory.ingest.redact import RedactionConfigError, build_redactor
+from observatory.ingest.sampling import SamplingConfigError, build_policy
 from observatory.ingest.writer import GroupCommitWriter
 from observatory.model import ApiKey, ModelPrice, Role
 from observatory.store import admin
@@ -21,7 +26,7 @@ from observatory.store.engine import Database
 
 log = logging.getLogger(__name__)
 KEY_CACHE_SECONDS = 5.0
-PRICE_CACHE_SECONDS = 10.0
+CONFIG_CACHE_SECONDS = 10.0
 
 
 @dataclass
@@ -34,7 +39,10 @@ class AppState:
     cache: QueryCache
     started_at: float = field(default_factory=time.time)
     _keys: dict[str, tuple[float, ApiKey]] = field(default_factory=dict)
-    _prices: dict[int, tuple[float, list[ModelPrice]]] = field(default_factory=dict)
+    limiter: RateLimiter | None = None
+    secret_key: str = ""
+    inflight_ingest: int = 0
+    _configs: dict[int, tuple[float, ProjectConfig]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def cached_key(self, secret: str) -> ApiKey | None:
@@ -63,24 +71,72 @@ class AppState:
         with self._lock:
             self._keys.clear()
 
-    def cached_prices(self, project_id: int) -> list[ModelPrice] | None:
-        cached = self._prices.get(project_id)
+    def cached_config(self, project_id: int) -> ProjectConfig | None:
+        cached = self._configs.get(project_id)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
         return None
 
-    def project_prices(self, project_id: int) -> list[ModelPrice]:
-        now = time.monotonic()
-        cached = self._prices.get(project_id)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        with self.db.write() as conn:
+    def project_config(self, project_id: int) -> ProjectConfig:
+        """The project's ingest policy (prices, redaction, sampling) and rate limits, cached."""
+        cached = self.cached_config(project_id)
+        if cached is not None:
+            return cached
+        with self.db.engine.connect() as conn:
+            project = admin.get_project(conn, project_id=project_id)
             prices = admin.list_prices(conn, project_id)
-        self._prices[project_id] = (now + PRICE_CACHE_SECONDS, prices)
-        return prices
+        config = build_project_config(self.settings, project.settings, prices, self.secret_key)
+        self._configs[project_id] = (time.monotonic() + CONFIG_CACHE_SECONDS, config)
+        return config
 
-    def forget_prices(self, project_id: int) -> None:
-        self._prices.pop(project_id, None)
+    def forget_config(self, project_id: int) -> None:
+        self._configs.pop(project_id, None)
+
+    # Prices are part of the project configuration.
+    forget_prices = forget_config
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    policy: Policy
+    spans_per_second: int  # 0: no limit
+    key_requests_per_minute: int  # 0: no limit
+
+
+def build_project_config(
+    settings: Settings, project_settings: dict[str, Any], prices: list[ModelPrice], secret_key: str
+) -> ProjectConfig:
+    """Combine the global settings with a project's own (settings JSON and prices)."""
+    limits = Limits(
+        max_attribute_length=settings.max_attribute_length,
+        max_attributes_per_span=settings.max_attributes_per_span,
+        max_events_per_span=settings.max_events_per_span,
+        max_links_per_span=settings.max_links_per_span,
+    )
+    try:
+        redactor = build_redactor(project_settings.get("redaction"), secret_key.encode())
+        sampling = build_policy(project_settings.get("sampling"))
+    except (RedactionConfigError, SamplingConfigError):
+        # Settings are validated when saved; a bad stored value falls back to the defaults.
+        log.warning("project settings are invalid; using the defaults", exc_info=True)
+        redactor = build_redactor(None, secret_key.encode())
+        sampling = build_policy(None)
+    limits_cfg = project_settings.get("rate_limits") or {}
+    return ProjectConfig(
+        policy=Policy(
+            limits=limits,
+            max_spans=settings.max_spans_per_request,
+            prices=tuple(prices),
+            redactor=redactor,
+            sampling=sampling if sampling.samples else None,
+        ),
+        spans_per_second=int(
+            limits_cfg.get("spans_per_second", settings.rate_limit_project_spans_per_second)
+        ),
+        key_requests_per_minute=int(
+            limits_cfg.get("key_requests_per_minute", settings.rate_limit_key_requests_per_minute)
+        ),
+    )
 
 
 def state(request: Request) -> AppState:
@@ -171,10 +227,53 @@ async def authenticate(request: Request, needed: Role) -> ApiKey:
             )
         request.state.api_key = key
     assert key is not None
+    await _check_key_rate(st, request, key)
     if not key.role.allows(needed):
         await run_in_threadpool(_audit_refusal, st, request, "forbidden", key)
         raise HTTPException(403, f"this key has role {key.role.value}; {needed.value} is needed")
     return key
+
+
+async def config_for(st: AppState, project_id: int) -> ProjectConfig:
+    cached = st.cached_config(project_id)
+    if cached is not None:
+        return cached
+    return await run_in_threadpool(st.project_config, project_id)
+
+
+def rate_limit_headers(decision: Decision) -> dict[str, str]:
+    """The IETF RateLimit header fields (and the widespread X-RateLimit-* forms)."""
+    headers = {
+        "RateLimit-Limit": str(decision.limit),
+        "RateLimit-Remaining": str(decision.remaining),
+        "RateLimit-Reset": str(decision.reset_seconds),
+        "X-RateLimit-Limit": str(decision.limit),
+        "X-RateLimit-Remaining": str(decision.remaining),
+    }
+    if not decision.allowed:
+        headers["Retry-After"] = str(decision.retry_after_seconds)
+    return headers
+
+
+async def _check_key_rate(st: AppState, request: Request, key: ApiKey) -> None:
+    """Per-key request budget, shared by every server through Redis (429 when spent)."""
+    if st.limiter is None or getattr(request.state, "rate_checked", False):
+        return
+    request.state.rate_checked = True
+    config = await config_for(st, key.project_id)
+    per_minute = config.key_requests_per_minute
+    if per_minute <= 0:
+        return
+    decision = await run_in_threadpool(
+        st.limiter.check, f"key:{key.key_id}", per_minute / 60.0, per_minute
+    )
+    request.state.rate_limit = decision
+    if not decision.allowed:
+        raise HTTPException(
+            429,
+            f"rate limit of {per_minute} requests per minute for this key exceeded",
+            headers=rate_limit_headers(decision),
+        )
 
 
 def _key_state(st: AppState, secret: str) -> str:

@@ -10,24 +10,28 @@ database is down ("the client SHOULD ... retry", honouring Retry-After).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from dataclasses import dataclass
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from observatory import metrics
-from observatory.api.deps import authenticate, state
+from observatory.api.deps import AppState, authenticate, config_for, state
+from observatory.config import Settings
 from observatory.ingest import otlp
 from observatory.ingest.pipeline import (
     PROTOBUF,
     BodyTooLarge,
+    TooManySpans,
     count_llm_metrics,
     gunzip,
     media_type,
     prepare,
 )
 from observatory.ingest.writer import Overloaded, Unavailable
-from observatory.model import Role
+from observatory.model import ApiKey, Role
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -66,7 +70,8 @@ async def read_body(request: Request, limit: int) -> bytes:
         400: {"description": "Undecodable body"},
         401: {"description": "Missing or invalid API key"},
         403: {"description": "Key may not ingest"},
-        413: {"description": "Body too large"},
+        408: {"description": "The body was not received in time"},
+        413: {"description": "Body too large, or too many spans"},
         415: {"description": "Unsupported content type or encoding"},
         429: {"description": "Rate limited; retry after Retry-After"},
         503: {"description": "Overloaded or database unavailable; retry after Retry-After"},
@@ -90,36 +95,107 @@ async def export_traces(request: Request) -> Response:
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("identity", "gzip", ""):
         return _error(415, f"Content-Encoding {encoding!r} is not supported (use gzip)", kind)
-    retry_after = {"Retry-After": str(settings.retry_after_seconds)}
+    if st.inflight_ingest >= settings.max_inflight_ingest:
+        # Shed load before reading the body, so health checks and queries stay responsive.
+        metrics.spans_rejected_total.labels("overload").inc()
+        return _error(503, "too many ingest requests in progress", kind, _retry_after(settings))
+    st.inflight_ingest += 1
     try:
-        body = await read_body(request, settings.max_body_bytes)
-        if encoding == "gzip":
+        try:
+            async with asyncio.timeout(settings.body_read_timeout_seconds):
+                body = await read_body(request, settings.max_body_bytes)
+        except TimeoutError:
+            metrics.spans_rejected_total.labels("timeout").inc()
+            return _error(408, "the request body was not received in time", kind)
+        except BodyTooLarge as exc:
+            metrics.spans_rejected_total.labels("too_large").inc()
+            return _error(413, str(exc), kind)
+        outcome = await process_export(st, key, body, kind, gzipped=encoding == "gzip")
+    finally:
+        st.inflight_ingest -= 1
+    if outcome.status != 200:
+        return _error(outcome.status, outcome.message, kind, outcome.headers)
+    body_out, content_type = otlp.encode_response(
+        outcome.rejected, outcome.message, kind == PROTOBUF
+    )
+    return Response(body_out, status_code=200, media_type=content_type)
+
+
+@dataclass
+class Outcome:
+    """The transport-independent result of one export (HTTP and gRPC map it to their codes)."""
+
+    status: int  # HTTP semantics: 200, 400, 413, 429, 503
+    message: str = ""
+    rejected: int = 0
+    retry_after_seconds: int | None = None
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        if self.retry_after_seconds is None:
+            return None
+        return {"Retry-After": str(self.retry_after_seconds)}
+
+
+def _retry_after(settings: Settings) -> dict[str, str]:
+    return {"Retry-After": str(settings.retry_after_seconds)}
+
+
+async def process_export(
+    st: AppState, key: ApiKey, body: bytes, kind: str, *, gzipped: bool = False
+) -> Outcome:
+    """Decode, check, store and acknowledge one trace export request (already authenticated).
+
+    Used by the OTLP/HTTP handler and the gRPC receiver alike.
+    """
+    settings = st.settings
+    retry = settings.retry_after_seconds
+    try:
+        if gzipped:
             body = await run_in_threadpool(gunzip, body, settings.max_body_bytes)
     except BodyTooLarge as exc:
         metrics.spans_rejected_total.labels("too_large").inc()
-        return _error(413, str(exc), kind)
+        return Outcome(413, str(exc))
     except otlp.OtlpDecodeError as exc:
         metrics.spans_rejected_total.labels("invalid").inc()
-        return _error(400, str(exc), kind)
-    prices = st.cached_prices(key.project_id)
-    if prices is None:
-        prices = await run_in_threadpool(st.project_prices, key.project_id)
+        return Outcome(400, str(exc))
+    config = await config_for(st, key.project_id)
     try:
-        prepared = await run_in_threadpool(prepare, body, kind, key.project_id, prices)
+        prepared = await run_in_threadpool(prepare, body, kind, key.project_id, config.policy)
     except otlp.OtlpDecodeError as exc:
         metrics.spans_rejected_total.labels("invalid").inc()
-        return _error(400, str(exc), kind)
+        return Outcome(400, str(exc))
+    except TooManySpans as exc:
+        metrics.spans_rejected_total.labels("too_large").inc()
+        return Outcome(413, str(exc))
     if prepared.rejected:
         metrics.spans_rejected_total.labels("invalid").inc(prepared.rejected)
+    if config.spans_per_second > 0 and st.limiter is not None and prepared.rows:
+        rate = config.spans_per_second
+        decision = await run_in_threadpool(
+            st.limiter.check,
+            f"spans:{key.project_id}",
+            float(rate),
+            float(rate),
+            float(len(prepared.rows)),
+        )
+        if not decision.allowed:
+            metrics.spans_rejected_total.labels("rate_limited").inc(len(prepared.rows))
+            return Outcome(
+                429,
+                f"project ingest limit of {rate} spans per second exceeded",
+                retry_after_seconds=decision.retry_after_seconds,
+            )
     try:
         result = await st.writer.submit(prepared.rows, settings.request_timeout_seconds)
     except Overloaded as exc:
         metrics.spans_rejected_total.labels("overload").inc(len(prepared.rows))
-        return _error(503, str(exc), kind, retry_after)
+        return Outcome(503, str(exc), retry_after_seconds=retry)
     except (TimeoutError, Unavailable) as exc:
         metrics.spans_rejected_total.labels("unavailable").inc(len(prepared.rows))
-        message = str(exc) or "the write did not complete in time"
-        return _error(503, message, kind, retry_after)
+        return Outcome(
+            503, str(exc) or "the write did not complete in time", retry_after_seconds=retry
+        )
     rejected = prepared.rejected + len(result.rejected_rows)
     message = "; ".join(m for m in (prepared.message, result.rejected_message) if m)
     accepted_spans = prepared.spans
@@ -129,5 +205,4 @@ async def export_traces(request: Request) -> Response:
     metrics.spans_accepted_total.inc(len(accepted_spans))
     count_llm_metrics(accepted_spans)
     await run_in_threadpool(st.cache.bump, key.project_id)
-    body_out, content_type = otlp.encode_response(rejected, message, kind == PROTOBUF)
-    return Response(body_out, status_code=200, media_type=content_type)
+    return Outcome(200, message, rejected)

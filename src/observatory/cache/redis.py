@@ -60,57 +60,57 @@ class RedisCache:
         self._down_until = 0.0
         self.available = True
 
-    def _usable(self) -> bool:
+    def usable(self) -> bool:
         return time.monotonic() >= self._down_until
 
-    def _failed(self, exc: Exception) -> None:
+    def failed(self, exc: Exception) -> None:
         if self.available:
             log.warning("redis unavailable, continuing without it: %s", exc.__class__.__name__)
         self.available = False
         self._down_until = time.monotonic() + RETRY_SECONDS
 
-    def _ok(self) -> None:
+    def ok(self) -> None:
         if not self.available:
             log.info("redis is back")
         self.available = True
 
     def get(self, key: str) -> bytes | None:
-        if not self._usable():
+        if not self.usable():
             raise ConnectionError("redis is unavailable")
         try:
             value: Any = self.client.get(self.prefix + key)
         except (redis.RedisError, OSError) as exc:
-            self._failed(exc)
+            self.failed(exc)
             raise ConnectionError("redis is unavailable") from exc
-        self._ok()
+        self.ok()
         return value if isinstance(value, bytes) else None
 
     def set(self, key: str, value: bytes, ttl: float) -> None:
-        if not self._usable():
+        if not self.usable():
             return
         try:
             self.client.set(self.prefix + key, value, px=max(1, int(ttl * 1000)))
         except (redis.RedisError, OSError) as exc:
-            self._failed(exc)
+            self.failed(exc)
             return
-        self._ok()
+        self.ok()
 
     def incr(self, key: str) -> int | None:
-        if not self._usable():
+        if not self.usable():
             return None
         try:
             value = int(self.client.incr(self.prefix + key))
         except (redis.RedisError, OSError) as exc:
-            self._failed(exc)
+            self.failed(exc)
             return None
-        self._ok()
+        self.ok()
         return value
 
     def ping(self) -> bool:
         try:
             self.client.ping()
         except (redis.RedisError, OSError) as exc:
-            self._failed(exc)
+            self.failed(exc)
             return False
-        self._ok()
+        self.ok()
         return True

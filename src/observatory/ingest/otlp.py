@@ -193,6 +193,8 @@ def _json_value(value: Any, depth: int = 0) -> Any:
         return _json_int(_get(value, "intValue", "int_value"), "intValue")
     if "doubleValue" in value or "double_value" in value:
         d = _get(value, "doubleValue", "double_value")
+        if d is None:
+            return None
         if isinstance(d, str):
             try:
                 d = float(d)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from observatory import metrics
 from observatory.ingest import otlp
+from observatory.ingest.limits import Limits, apply_limits, check_time
 from observatory.ingest.normalize import normalize
 from observatory.ingest.pricing import compute_cost
+from observatory.ingest.redact import Redactor
+from observatory.ingest.sampling import SamplingPolicy, decide
 from observatory.model import ModelPrice, Span
 from observatory.store.writes import Row, span_to_row
 
@@ -55,34 +59,63 @@ def gunzip(body: bytes, limit: int) -> bytes:
     return out
 
 
-def prepare(
-    body: bytes,
-    kind: str,
-    project_id: int,
-    prices: Sequence[ModelPrice] = (),
-    transform: Callable[[Span], Span | None] | None = None,
-) -> Prepared:
-    """Decode and normalise one export request. Raises ``OtlpDecodeError`` for bad bodies."""
+@dataclass(frozen=True)
+class Policy:
+    """What ingest applies to a project's spans besides decoding and normalising."""
+
+    limits: Limits = field(default_factory=Limits)
+    max_spans: int = 100_000
+    prices: Sequence[ModelPrice] = ()
+    redactor: Redactor | None = None
+    sampling: SamplingPolicy | None = None
+
+
+class TooManySpans(ValueError):
+    """More spans in one request than ``max_spans_per_request`` allows (answered 413)."""
+
+
+def prepare(body: bytes, kind: str, project_id: int, policy: Policy | None = None) -> Prepared:
+    """Decode, bound, normalise, price, redact and sample one export request.
+
+    Raises ``OtlpDecodeError`` for bodies that cannot be decoded and ``TooManySpans``.
+    """
+    policy = policy or Policy()
     batch = otlp.decode_protobuf(body) if kind == PROTOBUF else otlp.decode_json(body)
+    if len(batch.spans) > policy.max_spans:
+        raise TooManySpans(
+            f"{len(batch.spans)} spans in one request; the limit is {policy.max_spans}"
+        )
     out = Prepared(rejected=batch.rejected, message=batch.error_message)
-    unknown_price = 0
+    now_ns = time.time_ns()
+    accepted: list[Span] = []
     for span in batch.spans:
+        problem = check_time(span, now_ns)
+        if problem is not None:
+            out.rejected += 1
+            out.message = "; ".join(
+                m for m in (out.message, f"span {span.span_id}: {problem}") if m
+            )
+            continue
+        apply_limits(span, policy.limits)
         normalize(span)
-    inherit_trace_context(batch.spans)
-    for span in batch.spans:
+        accepted.append(span)
+    inherit_trace_context(accepted)
+    unknown_price = 0
+    for span in accepted:
         if span.is_llm:
             span.cost = compute_cost(
-                span.provider, span.model, span.usage, span.start_time_unix_nano, prices
+                span.provider, span.model, span.usage, span.start_time_unix_nano, policy.prices
             )
             if span.cost is None and (span.usage.input_tokens or span.usage.output_tokens):
                 unknown_price += 1
-        if transform is not None:
-            transformed = transform(span)
-            if transformed is None:
-                continue
-            span = transformed
+        if policy.redactor is not None and policy.redactor.active:
+            policy.redactor.apply(span)
+    keep = (
+        decide(accepted, policy.sampling) if policy.sampling is not None else [True] * len(accepted)
+    )
+    for span, kept in zip(accepted, keep, strict=True):
         out.spans.append(span)
-        out.rows.append(span_to_row(project_id, span))
+        out.rows.append(span_to_row(project_id, span, kept))
     if unknown_price:
         metrics.unknown_model_price_total.inc(unknown_price)
     return out

@@ -56,6 +56,11 @@ class _Pending:
     enqueued_at: float = field(default_factory=time.monotonic)
 
 
+def _stored(rows: Sequence[Row]) -> int:
+    """Rows meant for the spans table (the last element of a row is its "keep" flag)."""
+    return sum(1 for row in rows if row[-1])
+
+
 def is_connectivity_error(exc: BaseException) -> bool:
     """Errors that mean "the database is not there", as opposed to "this data is wrong"."""
     if isinstance(exc, psycopg.OperationalError | SAOperationalError | ConnectionError | OSError):
@@ -244,13 +249,13 @@ class GroupCommitWriter:
             for p in batch:
                 self._commit_alone(p)
             return
-        self._committed(inserted, len(rows))
+        self._committed(inserted, _stored(rows))
         for p in batch:
             self._finish(p, WriteResult())
 
     def _committed(self, inserted: int, submitted: int) -> None:
         self._mark_up()
-        metrics.spans_duplicate_total.inc(submitted - inserted)
+        metrics.spans_duplicate_total.inc(max(0, submitted - inserted))
         if self._on_commit is not None:
             self._on_commit(inserted)
 
@@ -264,7 +269,7 @@ class GroupCommitWriter:
                 return
             self._finish(pending, self._commit_each(pending.rows, exc))
             return
-        self._committed(inserted, len(pending.rows))
+        self._committed(inserted, _stored(pending.rows))
         self._finish(pending, WriteResult())
 
     def _commit_each(
@@ -283,5 +288,5 @@ class GroupCommitWriter:
                 rejected.append(index)
                 continue
             inserted += new
-        self._committed(inserted, len(rows) - len(rejected))
+        self._committed(inserted, _stored(rows) - len(rejected))
         return WriteResult(rejected, message if rejected else "")

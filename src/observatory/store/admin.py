@@ -325,13 +325,27 @@ def record_audit(
 
 
 def list_audit(
-    conn: Connection, project_id: int | None, limit: int = 100, before_id: int | None = None
+    conn: Connection,
+    project_id: int | None,
+    limit: int = 100,
+    before_id: int | None = None,
+    *,
+    action: str | None = None,
+    outcome: str | None = None,
+    since: datetime | None = None,
 ) -> list[dict[str, Any]]:
+    """Audit entries, newest first; ``action``/``outcome`` match exactly, ``since`` inclusive."""
     query = select(audit_log).order_by(audit_log.c.audit_id.desc()).limit(limit)
     if project_id is not None:
         query = query.where(audit_log.c.project_id == project_id)
     if before_id is not None:
         query = query.where(audit_log.c.audit_id < before_id)
+    if action:
+        query = query.where(audit_log.c.action == action)
+    if outcome:
+        query = query.where(audit_log.c.outcome == outcome)
+    if since is not None:
+        query = query.where(audit_log.c.at >= since.astimezone(UTC))
     out = []
     for row in conn.execute(query).mappings():
         item = dict(row)

@@ -27,6 +27,7 @@ from observatory.store.schema import ROLLUP_DIMENSIONS, ROLLUP_SUMS, SPAN_COLUMN
 Row = tuple[Any, ...]
 _COL = {name: i for i, name in enumerate(SPAN_COLUMNS)}
 _COST_COLUMNS = (_COL["input_cost_usd"], _COL["output_cost_usd"], _COL["total_cost_usd"])
+_KEEP = len(SPAN_COLUMNS)  # index of the trailing "keep" flag of a row
 
 
 def _text(value: str | None) -> str | None:
@@ -40,8 +41,9 @@ def _json(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS, default=str).decode()
 
 
-def span_to_row(project_id: int, span: Span) -> Row:
-    """A span as a tuple in ``SPAN_COLUMNS`` order."""
+def span_to_row(project_id: int, span: Span, keep: bool = True) -> Row:
+    """A span as a tuple in ``SPAN_COLUMNS`` order plus a last element ``keep``: False for a
+    span that sampling left out, which then only counts in the rollups."""
     usage = span.usage
     cost = span.cost
     return (
@@ -82,6 +84,7 @@ def span_to_row(project_id: int, span: Span) -> Row:
         _json(span.resource_attributes),
         _json(span.events),
         _json(span.links),
+        keep,
     )
 
 
@@ -111,13 +114,24 @@ _SUM_UPDATE = ", ".join(f"{c} = rollups_1m.{c} + EXCLUDED.{c}" for c in ROLLUP_S
 POSTGRES_INSERT = f"""
 WITH ins AS (
     INSERT INTO spans ({_COLS})
-    SELECT {_COLS} FROM _obs_staging
+    SELECT {_COLS} FROM _obs_staging WHERE _obs_keep
     ON CONFLICT DO NOTHING
     RETURNING project_id, trace_id, span_id, parent_span_id, name, start_time_unix_nano,
               end_time_unix_nano, duration_ms, status_code, service_name, environment, provider,
               operation, request_model, response_model, input_tokens, output_tokens,
               cache_read_tokens, cache_write_tokens, reasoning_tokens, total_tokens,
               total_cost_usd, session_id, user_id
+), counted AS (
+    -- Stored spans that are new, plus the spans sampling left out: rollups count both.
+    SELECT project_id, start_time_unix_nano, duration_ms, status_code, service_name, environment,
+           provider, operation, request_model, response_model, input_tokens, output_tokens,
+           cache_read_tokens, cache_write_tokens, reasoning_tokens, total_cost_usd
+    FROM ins
+    UNION ALL
+    SELECT project_id, start_time_unix_nano, duration_ms, status_code, service_name, environment,
+           provider, operation, request_model, response_model, input_tokens, output_tokens,
+           cache_read_tokens, cache_write_tokens, reasoning_tokens, total_cost_usd
+    FROM _obs_staging WHERE NOT _obs_keep
 ), r AS (
     INSERT INTO rollups_1m ({_KEY}, {", ".join(ROLLUP_SUMS)})
     SELECT {_GROUP_EXPR},
@@ -126,12 +140,12 @@ WITH ins AS (
            coalesce(sum(cache_read_tokens), 0), coalesce(sum(cache_write_tokens), 0),
            coalesce(sum(reasoning_tokens), 0), coalesce(sum(total_cost_usd), 0),
            sum(duration_ms)
-    FROM ins GROUP BY {_GROUP_EXPR} ORDER BY {_GROUP_EXPR}
+    FROM counted GROUP BY {_GROUP_EXPR} ORDER BY {_GROUP_EXPR}
     ON CONFLICT ({_KEY}) DO UPDATE SET {_SUM_UPDATE}
 ), l AS (
     INSERT INTO rollups_1m_latency ({_KEY}, bucket_index, count)
     SELECT {_GROUP_EXPR}, {bucket_sql()}, count(*)
-    FROM ins GROUP BY {_GROUP_EXPR}, {bucket_sql()} ORDER BY {_GROUP_EXPR}, {bucket_sql()}
+    FROM counted GROUP BY {_GROUP_EXPR}, {bucket_sql()} ORDER BY {_GROUP_EXPR}, {bucket_sql()}
     ON CONFLICT ({_KEY}, bucket_index)
     DO UPDATE SET count = rollups_1m_latency.count + EXCLUDED.count
 ), t AS (
@@ -196,7 +210,7 @@ class PostgresSpanStore:
             with conn.cursor() as cur:
                 cur.execute(
                     "CREATE TEMP TABLE IF NOT EXISTS _obs_staging AS "
-                    f"SELECT {_COLS} FROM spans WITH NO DATA"
+                    f"SELECT {_COLS}, true AS _obs_keep FROM spans WITH NO DATA"
                 )
                 # The staging rows belong to one transaction only.
                 cur.execute("TRUNCATE _obs_staging")
@@ -208,7 +222,7 @@ class PostgresSpanStore:
         conn = self._connect()
         try:
             with conn.cursor() as cur:
-                with cur.copy(f"COPY _obs_staging ({_COLS}) FROM STDIN") as copy:
+                with cur.copy(f"COPY _obs_staging ({_COLS}, _obs_keep) FROM STDIN") as copy:
                     for row in rows:
                         copy.write_row(row)
                 cur.execute(POSTGRES_INSERT)
@@ -254,15 +268,17 @@ class SqliteSpanStore:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            fresh = self._new_rows(rows)
+            fresh = self._new_rows([r for r in rows if r[_KEEP]])
+            counted = fresh + [r for r in rows if not r[_KEEP]]
             if fresh:
                 placeholders = ", ".join("?" * len(SPAN_COLUMNS))
                 conn.executemany(
                     f"INSERT INTO spans ({_COLS}) VALUES ({placeholders})",
                     [_sqlite_row(r) for r in fresh],
                 )
-                _sqlite_rollups(conn, fresh)
                 _sqlite_traces(conn, fresh)
+            if counted:
+                _sqlite_rollups(conn, counted)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -303,7 +319,7 @@ def _units(value: Decimal | None) -> int | None:
 
 
 def _sqlite_row(row: Row) -> Row:
-    out = list(row)
+    out = list(row[:_KEEP])
     for i in _COST_COLUMNS:
         out[i] = _units(row[i])
     return tuple(out)
