@@ -31,7 +31,7 @@ from observatory.api.deps import AppState, rate_limit_headers
 from observatory.cache import QueryCache
 from observatory.cache.ratelimit import RateLimiter
 from observatory.config import Settings
-from observatory.ingest.writer import GroupCommitWriter
+from observatory.ingest.writer import GroupCommitWriter, is_connectivity_error
 from observatory.model import Role
 from observatory.store import admin, partitions
 from observatory.store.engine import Database, migrate
@@ -294,6 +294,21 @@ def create_app(settings: Settings, *, print_banner: bool = False) -> FastAPI:
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         request_id = request.scope.get("state", {}).get("request_id", "")
+        if is_connectivity_error(exc):
+            # A query that found no database: the client may retry, this is not a bug.
+            metrics.db_up.set(0)
+            log.warning(
+                "database unavailable in %s %s: %s",
+                request.method,
+                request.url.path,
+                exc.__class__.__name__,
+                extra={"request_id": request_id},
+            )
+            return JSONResponse(
+                {"detail": "the database is unavailable; retry later", "request_id": request_id},
+                status_code=503,
+                headers={"Retry-After": str(settings.retry_after_seconds)},
+            )
         log.error(
             "unhandled error in %s %s",
             request.method,

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
+from observatory import metrics
 from observatory.cache import QueryCache
 from observatory.cache.ratelimit import Decision, RateLimiter
 from observatory.config import Settings
@@ -19,7 +20,7 @@ from observatory.ingest.limits import Limits
 from observatory.ingest.pipeline import Policy
 from observatory.ingest.redact import RedactionConfigError, build_redactor
 from observatory.ingest.sampling import SamplingConfigError, build_policy
-from observatory.ingest.writer import GroupCommitWriter
+from observatory.ingest.writer import GroupCommitWriter, is_connectivity_error
 from observatory.model import ApiKey, ModelPrice, Role
 from observatory.store import admin
 from observatory.store.engine import Database
@@ -216,9 +217,15 @@ async def authenticate(request: Request, needed: Role) -> ApiKey:
                 "missing API key: send Authorization: Bearer <key> or x-api-key",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        key = st.cached_key(secret) or await run_in_threadpool(st.lookup_key, secret)
+        try:
+            key = st.cached_key(secret) or await run_in_threadpool(st.lookup_key, secret)
+            reason = "valid" if key is not None else await run_in_threadpool(_key_state, st, secret)
+        except Exception as exc:
+            mapped = database_unavailable(st, exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
         if key is None:
-            reason = await run_in_threadpool(_key_state, st, secret)
             await run_in_threadpool(_audit_refusal, st, request, f"{reason}_key")
             raise HTTPException(
                 401,
@@ -238,7 +245,26 @@ async def config_for(st: AppState, project_id: int) -> ProjectConfig:
     cached = st.cached_config(project_id)
     if cached is not None:
         return cached
-    return await run_in_threadpool(st.project_config, project_id)
+    try:
+        return await run_in_threadpool(st.project_config, project_id)
+    except Exception as exc:
+        mapped = database_unavailable(st, exc)
+        if mapped is exc:
+            raise
+        raise mapped from exc
+
+
+def database_unavailable(st: AppState, exc: BaseException) -> BaseException:
+    """Map "the database is not there" to 503 + Retry-After; other errors stay as they are."""
+    if not is_connectivity_error(exc):
+        return exc
+    metrics.db_up.set(0)
+    log.warning("database unavailable: %s", exc.__class__.__name__)
+    return HTTPException(
+        503,
+        "the database is unavailable; retry later",
+        headers={"Retry-After": str(st.settings.retry_after_seconds)},
+    )
 
 
 def rate_limit_headers(decision: Decision) -> dict[str, str]:

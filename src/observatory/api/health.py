@@ -32,6 +32,7 @@ async def ready(request: Request) -> JSONResponse:
         return "ok"
 
     checks["database"] = await run_in_threadpool(probe_db)
+    metrics.db_up.set(1 if checks["database"] == "ok" else 0)
     writer = st.writer
     depth = writer.queue_depth
     checks["writer"] = (

@@ -159,7 +159,10 @@ async def process_export(
     except otlp.OtlpDecodeError as exc:
         metrics.spans_rejected_total.labels("invalid").inc()
         return Outcome(400, str(exc))
-    config = await config_for(st, key.project_id)
+    try:
+        config = await config_for(st, key.project_id)
+    except HTTPException as exc:
+        return Outcome(exc.status_code, str(exc.detail), retry_after_seconds=retry)
     try:
         prepared = await run_in_threadpool(prepare, body, kind, key.project_id, config.policy)
     except otlp.OtlpDecodeError as exc:

@@ -24,7 +24,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import psycopg
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import InterfaceError as SAInterfaceError
 from sqlalchemy.exc import OperationalError as SAOperationalError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from observatory import metrics
 from observatory.store.writes import Row, SpanStore
@@ -63,7 +66,17 @@ def _stored(rows: Sequence[Row]) -> int:
 
 def is_connectivity_error(exc: BaseException) -> bool:
     """Errors that mean "the database is not there", as opposed to "this data is wrong"."""
-    if isinstance(exc, psycopg.OperationalError | SAOperationalError | ConnectionError | OSError):
+    if isinstance(
+        exc,
+        psycopg.OperationalError
+        | SAOperationalError
+        | SAInterfaceError
+        | SATimeoutError
+        | ConnectionError
+        | OSError,
+    ):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     if isinstance(exc, psycopg.errors.AdminShutdown | psycopg.errors.CannotConnectNow):
         return True
