@@ -36,7 +36,7 @@ def _int(value: Any) -> int | None:
         return None
     try:
         number = int(float(value)) if isinstance(value, str | float) else int(value)
-    except (ValueError, OverflowError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return number if 0 <= number < 2**62 else None
 

@@ -164,21 +164,30 @@ def _finite(value: float) -> float | str:
     return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
 
 
-def _json_int(value: Any, what: str) -> int:
+def _json_int(value: Any, what: str, unsigned: bool = False) -> int:
+    """An int64 (or, for timestamps, uint64) written as a number or a decimal string."""
     if value is None:
         return 0
     if isinstance(value, bool):
         raise OtlpDecodeError(f"{what}: expected an integer, got a boolean")
+    number: int | None = None
     if isinstance(value, int):
-        return value
-    if isinstance(value, str):
+        number = value
+    elif isinstance(value, str):
         try:
-            return int(value)
+            number = int(value)
         except ValueError:
-            pass
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    raise OtlpDecodeError(f"{what}: expected an integer, got {value!r:.40}")
+            number = None
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    if number is None:
+        raise OtlpDecodeError(f"{what}: expected an integer, got {value!r:.40}")
+    low, high = (0, 2**64) if unsigned else (-(2**63), 2**63)
+    if not low <= number < high:
+        raise OtlpDecodeError(
+            f"{what}: {number} is out of the {'u' if unsigned else ''}int64 range"
+        )
+    return number
 
 
 def _json_value(value: Any, depth: int = 0) -> Any:
@@ -302,7 +311,9 @@ def _decode_json_span(
             start = _json_int(
                 _get(js, "startTimeUnixNano", "start_time_unix_nano"), "startTimeUnixNano"
             )
-            end = _json_int(_get(js, "endTimeUnixNano", "end_time_unix_nano"), "endTimeUnixNano")
+            end = _json_int(
+                _get(js, "endTimeUnixNano", "end_time_unix_nano"), "endTimeUnixNano", True
+            )
         except OtlpDecodeError as exc:
             problem = str(exc)
         else:
