@@ -42,11 +42,19 @@ format: $(STAMP) ## apply ruff formatting and autofixes
 	$(BIN)/ruff check --fix $(LINT_PATHS)
 	$(BIN)/ruff format $(LINT_PATHS)
 
-typecheck: $(STAMP) ## mypy (strict) over the server package
+typecheck: $(STAMP) ## mypy (strict) over the server package and the SDK
 	$(BIN)/mypy
+	cd sdk/python && ../../$(BIN)/mypy
 
 bench: test-setup ## run the benchmarks and print a results table (writes bench/results/*.json)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+bench-peer: test-setup ## install Phoenix 20.26.1 (bench/.venv-phoenix) and compare its ingest with ours
+	@test -f bench/.venv-phoenix/.installed-20.26.1 || { \
+		$(PYTHON) -m venv bench/.venv-phoenix && \
+		bench/.venv-phoenix/bin/pip install --disable-pip-version-check -q 'arize-phoenix[pg]==20.26.1' && \
+		touch bench/.venv-phoenix/.installed-20.26.1; }
+	$(BIN)/python -m bench --peer $(BENCH_ARGS)
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -26,8 +26,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from observatory import __version__, metrics
 from observatory.api import admin as admin_api
-from observatory.api import analytics, health, otlp, traces
+from observatory.api import analytics, health, otlp, otlp_signals, traces
 from observatory.api.deps import AppState, rate_limit_headers
+from observatory.api.errors import COMMON_RESPONSES
+from observatory.api.otlp_grpc import serve_grpc
 from observatory.cache import QueryCache
 from observatory.cache.ratelimit import RateLimiter
 from observatory.config import Settings
@@ -275,21 +277,25 @@ def create_app(settings: Settings, *, print_banner: bool = False) -> FastAPI:
     app.add_middleware(RequestMiddleware)
     app.include_router(health.router)
     app.include_router(otlp.router)
+    app.include_router(otlp_signals.router)
+    app.state.startup_hooks.append(serve_grpc)
     if is_api:
-        app.include_router(traces.router)
-        app.include_router(analytics.router)
-        app.include_router(admin_api.router)
+        app.include_router(otlp_signals.query_router, responses=COMMON_RESPONSES)
+        app.include_router(traces.router, responses=COMMON_RESPONSES)
+        app.include_router(analytics.router, responses=COMMON_RESPONSES)
+        app.include_router(admin_api.router, responses=COMMON_RESPONSES)
         from observatory.ui.views import install_ui
 
         install_ui(app)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # The shape FastAPI documents for 422 (HTTPValidationError), without echoing the input.
         errors = [
             {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
             for e in exc.errors()
         ]
-        return JSONResponse({"detail": "invalid request", "errors": errors}, status_code=422)
+        return JSONResponse({"detail": errors}, status_code=422)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
@@ -320,9 +326,10 @@ def create_app(settings: Settings, *, print_banner: bool = False) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse(
-            {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
-        )
+        detail: Any = exc.detail
+        if exc.status_code == 422 and isinstance(detail, str):
+            detail = [{"loc": [], "msg": detail, "type": "value_error"}]
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
     return app
 
@@ -333,7 +340,7 @@ def _print_banner(settings: Settings, key: str) -> None:
     When stdout is not a terminal (a container's log, a log collector) the key itself is not
     printed, only where to find it: keys never go into logs.
     """
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host  # noqa: S104
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host  # noqa: S104 # nosec B104
     base = f"http://{host}:{settings.port}"
     key_file = Path(settings.data_dir) / "initial-admin-key"
     shown = key if sys.stdout.isatty() else f"$(cat {key_file})"

@@ -135,6 +135,35 @@ alerts_notifications_total = Counter(
     "In-app alert notifications sent, by channel and outcome.",
     ["channel", "outcome"],
 )
+log_records_accepted_total = Counter(
+    "observatory_log_records_accepted_total",
+    "OTLP log records acknowledged to clients (committed; retries are stored once).",
+)
+log_records_rejected_total = Counter(
+    "observatory_log_records_rejected_total",
+    "OTLP log records refused, by reason (invalid, overload, unavailable, too_large, timeout, "
+    "unsupported_media_type, database).",
+    ["reason"],
+)
+metric_points_accepted_total = Counter(
+    "observatory_metric_points_accepted_total",
+    "OTLP gen_ai.* metric data points acknowledged to clients (committed).",
+)
+metric_points_rejected_total = Counter(
+    "observatory_metric_points_rejected_total",
+    "OTLP metric data points refused, by reason (invalid, overload, unavailable, too_large, "
+    "timeout, unsupported_media_type, database).",
+    ["reason"],
+)
+metric_points_ignored_total = Counter(
+    "observatory_metric_points_ignored_total",
+    "OTLP metric data points acknowledged but not stored (metrics not named gen_ai.*).",
+)
+grpc_requests_total = Counter(
+    "observatory_grpc_requests_total",
+    "OTLP/gRPC export calls answered, by service (traces, logs, metrics) and status code.",
+    ["service", "code"],
+)
 
 # Provider/model label values are capped so a client cannot explode the series count.
 MAX_MODEL_LABELS = 200

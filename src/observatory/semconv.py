@@ -41,10 +41,12 @@ CACHE_READ_TOKENS = (
 )
 CACHE_WRITE_TOKENS = (
     "gen_ai.usage.cache_creation.input_tokens",
+    "gen_ai.usage.cache_write.input_tokens",
     "gen_ai.usage.cache_creation_input_tokens",
     "llm.token_count.prompt_details.cache_write",
 )
 REASONING_TOKENS = (
+    "gen_ai.usage.reasoning.output_tokens",
     "gen_ai.usage.reasoning_tokens",
     "gen_ai.usage.output_tokens.reasoning",
     "llm.token_count.completion_details.reasoning",

@@ -24,6 +24,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
 
 from observatory.store import histogram
+from observatory.store import logs as log_store
 from observatory.store.schema import (
     ROLLUP_DIMENSIONS,
     rollups_1m,
@@ -275,7 +276,8 @@ def _models_for(conn: Connection, project_id: int, rows: Sequence[Any]) -> dict[
 
 
 def get_trace(conn: Connection, project_id: int, trace_id: str) -> dict[str, Any] | None:
-    """The trace summary and every span as a tree (children ordered by start time)."""
+    """The trace summary, every span as a tree (children ordered by start time) and the trace's
+    OTLP log records; spans whose prompt/completion came as GenAI log events get them here."""
     summary = conn.execute(
         select(traces).where(traces.c.project_id == project_id, traces.c.trace_id == trace_id)
     ).first()
@@ -304,6 +306,7 @@ def get_trace(conn: Connection, project_id: int, trace_id: str) -> dict[str, Any
         else:
             roots.append(node)
     _set_depth(roots, 0)
+    logs = log_store.attach_to_trace(conn, project_id, trace_id, nodes)
     result = _trace_summary(summary)
     result["models"] = sorted(
         {
@@ -312,7 +315,7 @@ def get_trace(conn: Connection, project_id: int, trace_id: str) -> dict[str, Any
             if n["response_model"] or n["request_model"]
         }
     )
-    return {"trace": result, "spans": roots}
+    return {"trace": result, "spans": roots, "logs": logs}
 
 
 def _set_depth(nodes: list[dict[str, Any]], depth: int) -> None:

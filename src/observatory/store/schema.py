@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Double,
@@ -288,4 +289,77 @@ audit_log = Table(
     Column("outcome", String(32), nullable=False),
     Column("details", Text, nullable=False, server_default="{}"),
     Index("ix_audit_project_at", "project_id", "at"),
+)
+
+# --- OTLP logs and GenAI metrics (migration 0002_logs_metrics) ---------------------------------
+
+# One OTLP log record. ``time_unix_nano`` is the record's time, or its observed time when the
+# record has none ("If [time_unix_nano] is 0 ... use observed_time_unix_nano"). ``record_hash``
+# identifies a record's content so a retried export is not stored twice.
+log_records = Table(
+    "log_records",
+    metadata,
+    Column("log_rowid", Id, primary_key=True, autoincrement=True),
+    Column("project_id", BigInteger, nullable=False),
+    Column("time_unix_nano", BigInteger, nullable=False),
+    Column("observed_time_unix_nano", BigInteger, nullable=False),
+    Column("trace_id", String(32)),
+    Column("span_id", String(16)),
+    Column("severity_number", SmallInteger, nullable=False),
+    Column("severity_text", Text),
+    Column("event_name", Text),
+    Column("body", Text),
+    Column("attributes", Text, nullable=False),
+    Column("resource_attributes", Text, nullable=False),
+    Column("scope_name", Text),
+    Column("service_name", Text),
+    Column("flags", BigInteger, nullable=False),
+    Column("record_hash", String(32), nullable=False),
+    UniqueConstraint("project_id", "record_hash", name="uq_log_records_hash"),
+    Index("ix_log_records_time", "project_id", "time_unix_nano"),
+    Index("ix_log_records_trace", "project_id", "trace_id", "span_id"),
+)
+
+# One data point of a ``gen_ai.*`` OTLP metric. ``delta_count``/``delta_sum`` (and
+# ``delta_bucket_counts``) hold what the point adds over the previous point of its series, so
+# cumulative and delta temporality are summed the same way.
+genai_metric_points = Table(
+    "genai_metric_points",
+    metadata,
+    Column("point_rowid", Id, primary_key=True, autoincrement=True),
+    Column("project_id", BigInteger, nullable=False),
+    Column("metric_name", Text, nullable=False),
+    Column("metric_type", String(32), nullable=False),
+    Column("unit", Text, nullable=False, server_default=""),
+    Column("temporality", SmallInteger, nullable=False),
+    Column("series_key", String(32), nullable=False),
+    Column("service_name", Text, nullable=False, server_default=""),
+    Column("provider", Text, nullable=False, server_default=""),
+    Column("model", Text, nullable=False, server_default=""),
+    Column("request_model", Text),
+    Column("response_model", Text),
+    Column("operation", Text, nullable=False, server_default=""),
+    Column("token_type", Text, nullable=False, server_default=""),
+    Column("error_type", Text),
+    Column("start_time_unix_nano", BigInteger, nullable=False),
+    Column("time_unix_nano", BigInteger, nullable=False),
+    Column("count", BigInteger),
+    Column("sum", Double),
+    Column("min", Double),
+    Column("max", Double),
+    Column("bucket_counts", Text),
+    Column("explicit_bounds", Text),
+    Column("delta_count", BigInteger),
+    Column("delta_sum", Double),
+    Column("delta_bucket_counts", Text),
+    Column("attributes", Text, nullable=False),
+    Column("resource_attributes", Text, nullable=False),
+    UniqueConstraint(
+        "project_id",
+        "series_key",
+        "start_time_unix_nano",
+        "time_unix_nano",
+        name="uq_genai_metric_points",
+    ),
+    Index("ix_genai_metric_points_time", "project_id", "metric_name", "time_unix_nano"),
 )
