@@ -6,6 +6,7 @@ pg_ctl and postgres run as the ``postgres`` user (``runuser``) when the tests ru
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -129,10 +130,8 @@ class PgCluster:
 
     def destroy(self) -> None:
         if self.data_dir.exists() and self.running():
-            try:
+            with contextlib.suppress(subprocess.CalledProcessError):
                 self.stop("immediate")
-            except subprocess.CalledProcessError:
-                pass
         shutil.rmtree(self.root, ignore_errors=True)
 
 

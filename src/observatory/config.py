@@ -244,8 +244,12 @@ REGISTRY: tuple[Setting, ...] = (
         "`observatory.dropped_attributes_count`.",
         minimum=16,
     ),
-    Setting("max_events_per_span", 1024, _parse_int, "Events kept per span (the first ones).", minimum=1),
-    Setting("max_links_per_span", 128, _parse_int, "Links kept per span (the first ones).", minimum=1),
+    Setting(
+        "max_events_per_span", 1024, _parse_int, "Events kept per span (the first ones).", minimum=1
+    ),
+    Setting(
+        "max_links_per_span", 128, _parse_int, "Links kept per span (the first ones).", minimum=1
+    ),
     Setting(
         "max_spans_per_request",
         100_000,
@@ -319,6 +323,64 @@ REGISTRY: tuple[Setting, ...] = (
         "How often the retention job runs in the server (one server of a cluster); 0 disables it.",
         minimum=0,
     ),
+    Setting(
+        "alert_interval_seconds",
+        60,
+        _parse_int,
+        "How often in-app alert rules are evaluated (by one server of a cluster); 0 disables "
+        "evaluation.",
+        minimum=0,
+    ),
+    Setting(
+        "alert_renotify_seconds",
+        0,
+        _parse_int,
+        "Send a reminder this often while an alert rule keeps firing; 0 notifies only when a rule "
+        "starts firing and when it resolves.",
+        minimum=0,
+    ),
+    Setting(
+        "alert_base_url",
+        None,
+        _parse_optional_str,
+        "The web UI's address as people reach it (`https://observatory.example.com`), for links "
+        "in alert notifications; `http://<host>:<port>` when unset.",
+    ),
+    Setting(
+        "alert_timeout_seconds",
+        10.0,
+        _parse_float,
+        "Time limit of one alert notification (a webhook request or an SMTP session).",
+        minimum=0.1,
+    ),
+    Setting(
+        "alert_webhook_block_private",
+        False,
+        _parse_bool,
+        "Refuse alert webhooks to loopback, private, link-local and reserved addresses "
+        "(server-side request forgery protection; see docs/ALERTS.md).",
+    ),
+    Setting(
+        "smtp_host",
+        None,
+        _parse_optional_str,
+        "SMTP server for alert e-mail; e-mail channels report `not_configured` when unset.",
+    ),
+    Setting("smtp_port", 587, _parse_int, "SMTP port; 465 means implicit TLS (SMTPS).", minimum=1),
+    Setting("smtp_username", None, _parse_optional_str, "SMTP login user (no login when unset)."),
+    Setting("smtp_password", None, _parse_optional_str, "SMTP login password.", secret=True),
+    Setting(
+        "smtp_from",
+        "observatory@localhost",
+        _parse_str,
+        "Sender address of alert e-mail.",
+    ),
+    Setting(
+        "smtp_starttls",
+        True,
+        _parse_bool,
+        "Upgrade SMTP connections with STARTTLS (certificate verified) before logging in.",
+    ),
 )
 
 _BY_NAME = {s.name: s for s in REGISTRY}
@@ -369,6 +431,17 @@ class Settings:
     retention_audit_days: int = 365
     retention_logs_days: int = 90
     retention_interval_seconds: int = 3600
+    alert_interval_seconds: int = 60
+    alert_renotify_seconds: int = 0
+    alert_base_url: str | None = None
+    alert_timeout_seconds: float = 10.0
+    alert_webhook_block_private: bool = False
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_username: str | None = None
+    smtp_password: str | None = field(default=None, repr=False)
+    smtp_from: str = "observatory@localhost"
+    smtp_starttls: bool = True
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -1,4 +1,4 @@
-"""Authorisation matrix: every endpoint of the OpenAPI document × every kind of key."""
+"""Authorisation matrix: every endpoint of the OpenAPI document by every kind of key."""
 
 from __future__ import annotations
 

@@ -79,7 +79,8 @@ def test_postgres_outage_answers_503_and_recovers(
     assert any(ready == 503 for _, ready in during_outage)
     with capsys.disabled():
         print(
-            f"\n[postgres outage {OUTAGE_SECONDS}s] {report.summary()}; spans stored {len(stored)}; "
+            f"\n[postgres outage {OUTAGE_SECONDS}s] {report.summary()}; "
+            f"spans stored {len(stored)}; "
             f"recovered {report.first_ack_after.get('restart', float('nan')):.1f}s after restart"
         )
 
