@@ -189,8 +189,6 @@ spans = Table(
     UniqueConstraint("project_id", "trace_id", "span_id", name="uq_spans_identity"),
     Index("ix_spans_trace", "project_id", "trace_id"),
     Index("ix_spans_start", "project_id", "start_time_unix_nano"),
-    Index("ix_spans_session", "project_id", "session_id", "start_time_unix_nano"),
-    Index("ix_spans_user", "project_id", "user_id", "start_time_unix_nano"),
 )
 
 traces = Table(
