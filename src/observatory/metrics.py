@@ -73,7 +73,8 @@ spans_accepted_total = Counter(
 )
 spans_rejected_total = Counter(
     "observatory_spans_rejected_total",
-    "Spans refused, by reason (invalid, overload, unavailable, too_large, database).",
+    "Spans refused, by reason (invalid, overload, unavailable, too_large, database, "
+    "unsupported_media_type, timeout, rate_limited).",
     ["reason"],
 )
 spans_duplicate_total = Counter(
@@ -125,6 +126,12 @@ llm_cost_usd_total = Counter(
     "observatory_llm_cost_usd_total",
     "Cost of LLM calls in USD, by provider and model.",
     ["provider", "model"],
+)
+llm_request_duration_seconds = Histogram(
+    "observatory_llm_request_duration_seconds",
+    "Duration of LLM calls (their spans), by provider and model.",
+    ["provider", "model"],
+    buckets=(0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0, 300.0),
 )
 unknown_model_price_total = Counter(
     "observatory_unknown_model_price_total",
