@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from sqlalchemy import (
     ColumnElement,
+    Table,
     and_,
     cast,
     exists,
@@ -27,6 +28,8 @@ from observatory.store import histogram
 from observatory.store import logs as log_store
 from observatory.store.schema import (
     ROLLUP_DIMENSIONS,
+    rollups_1h,
+    rollups_1h_latency,
     rollups_1m,
     rollups_1m_latency,
     spans,
@@ -496,14 +499,14 @@ def _finish(acc: dict[str, Any], hist: Sequence[tuple[int, int]]) -> dict[str, A
 
 
 def _rollup_conditions(
-    table: Any, project_id: int, f: Filters, llm_only: bool
+    table: Any, project_id: int, f: Filters, llm_only: bool, lo_s: int | None, hi_s: int | None
 ) -> list[ColumnElement[bool]]:
     c = table.c
     cond: list[ColumnElement[bool]] = [c.project_id == project_id]
-    if f.start_time is not None:
-        cond.append(c.bucket_start_unix_s >= f.start_time // 1_000_000_000)
-    if f.end_time is not None:
-        cond.append(c.bucket_start_unix_s < -(-f.end_time // 1_000_000_000))
+    if lo_s is not None:
+        cond.append(c.bucket_start_unix_s >= lo_s)
+    if hi_s is not None:
+        cond.append(c.bucket_start_unix_s < hi_s)
     for value, column in (
         (f.service, c.service_name),
         (f.provider, c.provider),
@@ -516,6 +519,41 @@ def _rollup_conditions(
     if llm_only:
         cond.append(c.model != "")
     return cond
+
+
+HOUR = 3600
+# Below this range the per-minute rollups are read directly.
+HOURLY_FROM_SECONDS = 6 * HOUR
+
+
+def rollup_segments(
+    f: Filters, step: int | None
+) -> list[tuple[Table, Table, int | None, int | None]]:
+    """Which rollup tables cover which part of the range ``[start, end)``, in unix seconds.
+
+    Whole hours come from the hourly rollups (written in the same transaction as the per-minute
+    ones, so each hourly row is exactly the sum of its minutes); the partial hours at the edges
+    from the per-minute rollups. Buckets finer than an hour read minutes only.
+    """
+    lo = f.start_time // 1_000_000_000 if f.start_time is not None else None
+    hi = -(-f.end_time // 1_000_000_000) if f.end_time is not None else None
+    minutes = (rollups_1m, rollups_1m_latency)
+    hours = (rollups_1h, rollups_1h_latency)
+    if step is not None and step < HOUR:
+        return [(*minutes, lo, hi)]
+    if lo is not None and hi is not None and hi - lo < HOURLY_FROM_SECONDS:
+        return [(*minutes, lo, hi)]
+    h_lo = -(-lo // HOUR) * HOUR if lo is not None else None
+    h_hi = (hi // HOUR) * HOUR if hi is not None else None
+    if h_lo is not None and h_hi is not None and h_hi <= h_lo:
+        return [(*minutes, lo, hi)]
+    segments: list[tuple[Table, Table, int | None, int | None]] = []
+    if lo is not None and h_lo is not None and lo < h_lo:
+        segments.append((*minutes, lo, h_lo))
+    segments.append((*hours, h_lo, h_hi))
+    if hi is not None and h_hi is not None and h_hi < hi:
+        segments.append((*minutes, h_hi, hi))
+    return segments
 
 
 def needs_raw(group_by: str | None, f: Filters) -> bool:
@@ -560,6 +598,19 @@ def _bucket_expr(column: Any, step: int | None) -> Any:
     return column.op("/")(step).op("*")(step)
 
 
+_SUM_NAMES = (
+    "requests",
+    "errors",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "duration_ms_sum",
+)
+
+
 def _analytics_rollups(
     conn: Connection,
     project_id: int,
@@ -571,55 +622,45 @@ def _analytics_rollups(
     limit: int,
 ) -> list[dict[str, Any]]:
     step = BUCKET_SECONDS[bucket] if bucket else None
-    r = rollups_1m.c
-    group_col = getattr(r, GROUP_BY_ROLLUP[group_by]) if group_by else literal_column("''")
-    b = _bucket_expr(r.bucket_start_unix_s, step).label("b")
-    g = group_col.label("g")
-    sums = [
-        func.sum(getattr(r, name)).label(name)
-        for name in (
-            "requests",
-            "errors",
-            "input_tokens",
-            "output_tokens",
-            "cache_read_tokens",
-            "cache_write_tokens",
-            "reasoning_tokens",
-            "cost_usd",
-            "duration_ms_sum",
+    accs: dict[tuple[int, Any], dict[str, Any]] = {}
+    hists: dict[tuple[int, Any], dict[int, int]] = {}
+    for sums_table, latency_table, lo, hi in rollup_segments(f, step):
+        r = sums_table.c
+        b = _bucket_expr(r.bucket_start_unix_s, step).label("b")
+        g = (getattr(r, GROUP_BY_ROLLUP[group_by]) if group_by else literal_column("''")).label("g")
+        keys = [k for k, used in ((b, step is not None), (g, group_by is not None)) if used]
+        rows = conn.execute(
+            select(b, g, *[func.sum(getattr(r, name)).label(name) for name in _SUM_NAMES])
+            .where(*_rollup_conditions(sums_table, project_id, f, llm_only, lo, hi))
+            .group_by(*keys)
+        ).all()
+        for row in rows:
+            if row.requests is None:
+                continue
+            acc = accs.setdefault((int(row.b), row.g), _zero_totals())
+            # PostgreSQL sums BIGINT as NUMERIC; bring the counts back to int.
+            for name in _SUM_NAMES[:7]:
+                acc[name] += int(getattr(row, name) or 0)
+            acc["cost_usd"] += Decimal(row.cost_usd or 0)
+            acc["duration_ms_sum"] += float(row.duration_ms_sum or 0)
+        lat = latency_table.c
+        lb = _bucket_expr(lat.bucket_start_unix_s, step).label("b")
+        lg = (getattr(lat, GROUP_BY_ROLLUP[group_by]) if group_by else literal_column("''")).label(
+            "g"
         )
-    ]
-    keys = [k for k, used in ((b, step is not None), (g, group_by is not None)) if used]
-    rows = conn.execute(
-        select(b, g, *sums)
-        .where(*_rollup_conditions(rollups_1m, project_id, f, llm_only))
-        .group_by(*keys)
-    ).all()
-    lat = rollups_1m_latency.c
-    lb = _bucket_expr(lat.bucket_start_unix_s, step).label("b")
-    lg = (getattr(lat, GROUP_BY_ROLLUP[group_by]) if group_by else literal_column("''")).label("g")
-    hist_rows = conn.execute(
-        select(lb, lg, lat.bucket_index, func.sum(lat.count))
-        .where(*_rollup_conditions(rollups_1m_latency, project_id, f, llm_only))
-        .group_by(
-            *[k for k, used in ((lb, step is not None), (lg, group_by is not None)) if used],
-            lat.bucket_index,
-        )
-    ).all()
-    hists: dict[tuple[Any, Any], list[tuple[int, int]]] = {}
-    for hb, hg, index, count in hist_rows:
-        hists.setdefault((int(hb), hg), []).append((index, int(count)))
+        lkeys = [k for k, used in ((lb, step is not None), (lg, group_by is not None)) if used]
+        for hb, hg, index, count in conn.execute(
+            select(lb, lg, lat.bucket_index, func.sum(lat.count))
+            .where(*_rollup_conditions(latency_table, project_id, f, llm_only, lo, hi))
+            .group_by(*lkeys, lat.bucket_index)
+        ):
+            hist = hists.setdefault((int(hb), hg), {})
+            hist[index] = hist.get(index, 0) + int(count)
     out = []
-    for row in rows:
-        if row.requests is None:
-            continue
-        # PostgreSQL sums BIGINT as NUMERIC; bring the counts back to int.
-        acc: dict[str, Any] = {name: int(getattr(row, name) or 0) for name in _zero_totals()}
-        acc["cost_usd"] = Decimal(row.cost_usd or 0)
-        acc["duration_ms_sum"] = float(row.duration_ms_sum or 0)
-        item = _finish(acc, hists.get((int(row.b), row.g), []))
-        item["bucket_start_unix_s"] = int(row.b) if step else None
-        item["group"] = row.g if group_by else None
+    for key, acc in accs.items():
+        item = _finish(acc, list(hists.get(key, {}).items()))
+        item["bucket_start_unix_s"] = key[0] if step else None
+        item["group"] = key[1] if group_by else None
         out.append(item)
     return _order_and_limit(out, bucket, limit)
 

@@ -12,7 +12,6 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
-    Boolean,
     Column,
     DateTime,
     Double,
@@ -247,30 +246,42 @@ def _rollup_key_columns() -> list[Column[Any]]:
     ]
 
 
-rollups_1m = Table(
-    "rollups_1m",
-    metadata,
-    *_rollup_key_columns(),
-    Column("requests", BigInteger, nullable=False),
-    Column("errors", BigInteger, nullable=False),
-    Column("input_tokens", BigInteger, nullable=False),
-    Column("output_tokens", BigInteger, nullable=False),
-    Column("cache_read_tokens", BigInteger, nullable=False),
-    Column("cache_write_tokens", BigInteger, nullable=False),
-    Column("reasoning_tokens", BigInteger, nullable=False),
-    Column("cost_usd", UsdAmount, nullable=False),
-    Column("duration_ms_sum", Double, nullable=False),
-    PrimaryKeyConstraint(*ROLLUP_KEY, name="pk_rollups_1m"),
-)
+def _rollup_table(name: str) -> Table:
+    return Table(
+        name,
+        metadata,
+        *_rollup_key_columns(),
+        Column("requests", BigInteger, nullable=False),
+        Column("errors", BigInteger, nullable=False),
+        Column("input_tokens", BigInteger, nullable=False),
+        Column("output_tokens", BigInteger, nullable=False),
+        Column("cache_read_tokens", BigInteger, nullable=False),
+        Column("cache_write_tokens", BigInteger, nullable=False),
+        Column("reasoning_tokens", BigInteger, nullable=False),
+        Column("cost_usd", UsdAmount, nullable=False),
+        Column("duration_ms_sum", Double, nullable=False),
+        PrimaryKeyConstraint(*ROLLUP_KEY, name=f"pk_{name}"),
+    )
 
-rollups_1m_latency = Table(
-    "rollups_1m_latency",
-    metadata,
-    *_rollup_key_columns(),
-    Column("bucket_index", SmallInteger, nullable=False),
-    Column("count", BigInteger, nullable=False),
-    PrimaryKeyConstraint(*ROLLUP_KEY, "bucket_index", name="pk_rollups_1m_latency"),
-)
+
+def _latency_table(name: str) -> Table:
+    return Table(
+        name,
+        metadata,
+        *_rollup_key_columns(),
+        Column("bucket_index", SmallInteger, nullable=False),
+        Column("count", BigInteger, nullable=False),
+        PrimaryKeyConstraint(*ROLLUP_KEY, "bucket_index", name=f"pk_{name}"),
+    )
+
+
+# Per minute (bucket_start_unix_s a multiple of 60) and per hour (a multiple of 3600); both are
+# written in the same transaction from the same rows, so an hourly row always equals the sum of
+# its minutes. Long ranges read hours, their edges minutes (store/queries.rollup_segments).
+rollups_1m = _rollup_table("rollups_1m")
+rollups_1m_latency = _latency_table("rollups_1m_latency")
+rollups_1h = _rollup_table("rollups_1h")
+rollups_1h_latency = _latency_table("rollups_1h_latency")
 
 audit_log = Table(
     "audit_log",

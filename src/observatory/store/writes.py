@@ -108,8 +108,43 @@ _DIM_EXPR = (
     "coalesce(operation, '')",
     "coalesce(environment, '')",
 )
-_GROUP_EXPR = ", ".join(("project_id", "(start_time_unix_nano / 60000000000) * 60", *_DIM_EXPR))
-_SUM_UPDATE = ", ".join(f"{c} = rollups_1m.{c} + EXCLUDED.{c}" for c in ROLLUP_SUMS)
+# (table suffix, bucket width in seconds): per minute and per hour, from the same rows.
+ROLLUP_GRAINS = (("1m", 60), ("1h", 3600))
+
+
+def _rollup_ctes() -> str:
+    """Data-modifying CTEs that add the counted rows to every rollup grain."""
+    parts = []
+    for suffix, seconds in ROLLUP_GRAINS:
+        group = ", ".join(
+            (
+                "project_id",
+                f"(start_time_unix_nano / {seconds * 1_000_000_000}) * {seconds}",
+                *_DIM_EXPR,
+            )
+        )
+        sums = f"rollups_{suffix}"
+        latency = f"rollups_{suffix}_latency"
+        update = ", ".join(f"{c} = {sums}.{c} + EXCLUDED.{c}" for c in ROLLUP_SUMS)
+        parts.append(f"""), r{suffix} AS (
+    INSERT INTO {sums} ({_KEY}, {", ".join(ROLLUP_SUMS)})
+    SELECT {group},
+           count(*), count(*) FILTER (WHERE status_code = {STATUS_ERROR}),
+           coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0),
+           coalesce(sum(cache_read_tokens), 0), coalesce(sum(cache_write_tokens), 0),
+           coalesce(sum(reasoning_tokens), 0), coalesce(sum(total_cost_usd), 0),
+           sum(duration_ms)
+    FROM counted GROUP BY {group} ORDER BY {group}
+    ON CONFLICT ({_KEY}) DO UPDATE SET {update}
+), l{suffix} AS (
+    INSERT INTO {latency} ({_KEY}, bucket_index, count)
+    SELECT {group}, {bucket_sql()}, count(*)
+    FROM counted GROUP BY {group}, {bucket_sql()} ORDER BY {group}, {bucket_sql()}
+    ON CONFLICT ({_KEY}, bucket_index)
+    DO UPDATE SET count = {latency}.count + EXCLUDED.count
+""")
+    return "".join(parts)
+
 
 POSTGRES_INSERT = f"""
 WITH ins AS (
@@ -132,23 +167,7 @@ WITH ins AS (
            provider, operation, request_model, response_model, input_tokens, output_tokens,
            cache_read_tokens, cache_write_tokens, reasoning_tokens, total_cost_usd
     FROM _obs_staging WHERE NOT _obs_keep
-), r AS (
-    INSERT INTO rollups_1m ({_KEY}, {", ".join(ROLLUP_SUMS)})
-    SELECT {_GROUP_EXPR},
-           count(*), count(*) FILTER (WHERE status_code = {STATUS_ERROR}),
-           coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0),
-           coalesce(sum(cache_read_tokens), 0), coalesce(sum(cache_write_tokens), 0),
-           coalesce(sum(reasoning_tokens), 0), coalesce(sum(total_cost_usd), 0),
-           sum(duration_ms)
-    FROM counted GROUP BY {_GROUP_EXPR} ORDER BY {_GROUP_EXPR}
-    ON CONFLICT ({_KEY}) DO UPDATE SET {_SUM_UPDATE}
-), l AS (
-    INSERT INTO rollups_1m_latency ({_KEY}, bucket_index, count)
-    SELECT {_GROUP_EXPR}, {bucket_sql()}, count(*)
-    FROM counted GROUP BY {_GROUP_EXPR}, {bucket_sql()} ORDER BY {_GROUP_EXPR}, {bucket_sql()}
-    ON CONFLICT ({_KEY}, bucket_index)
-    DO UPDATE SET count = rollups_1m_latency.count + EXCLUDED.count
-), t AS (
+{_rollup_ctes()}), t AS (
     INSERT INTO traces (project_id, trace_id, start_time_unix_nano, end_time_unix_nano, duration_ms,
                         root_span_id, root_span_name, span_count, llm_call_count, error_count,
                         input_tokens, output_tokens, total_tokens, total_cost_usd, service_name,
@@ -324,10 +343,10 @@ def _sqlite_row(row: Row) -> Row:
     return tuple(out)
 
 
-def rollup_key(row: Row) -> tuple[Any, ...]:
+def rollup_key(row: Row, seconds: int = 60) -> tuple[Any, ...]:
     return (
         row[_COL["project_id"]],
-        (row[_COL["start_time_unix_nano"]] // 60_000_000_000) * 60,
+        (row[_COL["start_time_unix_nano"]] // (seconds * 1_000_000_000)) * seconds,
         row[_COL["service_name"]] or "",
         row[_COL["provider"]] or "",
         row[_COL["response_model"]] or row[_COL["request_model"]] or "",
@@ -337,6 +356,13 @@ def rollup_key(row: Row) -> tuple[Any, ...]:
 
 
 def _sqlite_rollups(conn: sqlite3.Connection, rows: Sequence[Row]) -> None:
+    for suffix, seconds in ROLLUP_GRAINS:
+        _sqlite_rollup_grain(conn, rows, suffix, seconds)
+
+
+def _sqlite_rollup_grain(
+    conn: sqlite3.Connection, rows: Sequence[Row], suffix: str, seconds: int
+) -> None:
     sums: dict[tuple[Any, ...], list[Any]] = {}
     latency: dict[tuple[Any, ...], int] = {}
     token_cols = [
@@ -350,7 +376,7 @@ def _sqlite_rollups(conn: sqlite3.Connection, rows: Sequence[Row]) -> None:
         )
     ]
     for row in rows:
-        key = rollup_key(row)
+        key = rollup_key(row, seconds)
         acc = sums.setdefault(key, [0, 0, 0, 0, 0, 0, 0, 0, 0.0])
         acc[0] += 1
         acc[1] += row[_COL["status_code"]] == STATUS_ERROR
@@ -364,12 +390,12 @@ def _sqlite_rollups(conn: sqlite3.Connection, rows: Sequence[Row]) -> None:
     sum_cols = ", ".join(ROLLUP_SUMS)
     updates = ", ".join(f"{c} = {c} + excluded.{c}" for c in ROLLUP_SUMS)
     conn.executemany(
-        f"INSERT INTO rollups_1m ({key_cols}, {sum_cols}) VALUES ({', '.join('?' * 16)}) "
+        f"INSERT INTO rollups_{suffix} ({key_cols}, {sum_cols}) VALUES ({', '.join('?' * 16)}) "
         f"ON CONFLICT ({key_cols}) DO UPDATE SET {updates}",
         [(*k, *v) for k, v in sorted(sums.items())],
     )
     conn.executemany(
-        f"INSERT INTO rollups_1m_latency ({key_cols}, bucket_index, count) "
+        f"INSERT INTO rollups_{suffix}_latency ({key_cols}, bucket_index, count) "
         f"VALUES ({', '.join('?' * 9)}) "
         f"ON CONFLICT ({key_cols}, bucket_index) DO UPDATE SET count = count + excluded.count",
         [(*k, v) for k, v in sorted(latency.items())],
