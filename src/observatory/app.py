@@ -25,7 +25,9 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from observatory import __version__, metrics
+from observatory.alerting.evaluator import alerts_hook
 from observatory.api import admin as admin_api
+from observatory.api import alerts as alerts_api
 from observatory.api import analytics, health, otlp, otlp_signals, traces
 from observatory.api.deps import AppState, rate_limit_headers
 from observatory.api.errors import COMMON_RESPONSES
@@ -279,10 +281,12 @@ def create_app(settings: Settings, *, print_banner: bool = False) -> FastAPI:
     app.include_router(otlp.router)
     app.include_router(otlp_signals.router)
     app.state.startup_hooks.append(serve_grpc)
+    app.state.startup_hooks.append(alerts_hook)
     if is_api:
         app.include_router(otlp_signals.query_router, responses=COMMON_RESPONSES)
         app.include_router(traces.router, responses=COMMON_RESPONSES)
         app.include_router(analytics.router, responses=COMMON_RESPONSES)
+        app.include_router(alerts_api.router, responses=COMMON_RESPONSES)
         app.include_router(admin_api.router, responses=COMMON_RESPONSES)
         from observatory.ui.views import install_ui
 
@@ -344,11 +348,25 @@ def _print_banner(settings: Settings, key: str) -> None:
     base = f"http://{host}:{settings.port}"
     key_file = Path(settings.data_dir) / "initial-admin-key"
     shown = key if sys.stdout.isatty() else f"$(cat {key_file})"
+    # Like Jupyter's token URL: a one-time link (24 hours) that signs the browser in. It is a
+    # credential too, so it is only printed to a terminal.
+    web_ui = f"  Web UI: {base}/ (sign in with the admin key)\n\n"
+    if settings.role == "api" and sys.stdout.isatty():
+        try:
+            from observatory.ui.auth import login_url
+
+            link = login_url(settings, key, secret_key(settings), base)
+        except Exception:  # the banner must never stop the server from starting
+            log.warning("could not make a login link for the web UI", exc_info=True)
+            link = None
+        if link:
+            web_ui = f"  Open the web UI (one-time login link, valid 24 hours):\n\n      {link}\n\n"
     print(
         "\n"
         "  LLM Observatory is ready. A project 'default' and an admin key were created.\n"
         f"  Admin key (shown once, also in {key_file}):\n\n"
         f"      {shown}\n\n"
+        f"{web_ui}"
         "  Send traces with any OpenTelemetry exporter:\n\n"
         f"      export OTEL_EXPORTER_OTLP_TRACES_ENDPOINT={base}/v1/traces\n"
         f'      export OTEL_EXPORTER_OTLP_HEADERS="Authorization=Bearer%20{shown}"\n\n'

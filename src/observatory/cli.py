@@ -274,6 +274,8 @@ def cmd_prices(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from observatory import demo
+
     parser = argparse.ArgumentParser(
         prog="observatory", description="LLM Observatory server and tools."
     )
@@ -346,6 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
         "settings", help="print every setting with its environment variable"
     )
     settings_cmd.set_defaults(func=cmd_settings)
+    demo.register(sub)
+    from observatory import cli_alerts
+
+    cli_alerts.register(sub)
     return parser
 
 

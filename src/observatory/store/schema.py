@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Double,
@@ -371,4 +372,49 @@ genai_metric_points = Table(
         name="uq_genai_metric_points",
     ),
     Index("ix_genai_metric_points_time", "project_id", "metric_name", "time_unix_nano"),
+)
+
+# --- in-app alert rules and their history (migration 0004_alerts) ------------------------------
+
+# One alert rule of a project. ``threshold`` and ``last_value`` are exact decimal strings (cost
+# thresholds must not go through binary floating point); ``filters`` and ``channels`` are JSON.
+# ``state`` is ``ok`` or ``firing``; only the evaluator writes the ``state``/``last_*`` columns.
+alert_rules = Table(
+    "alert_rules",
+    metadata,
+    Column("rule_id", Id, primary_key=True, autoincrement=True),
+    Column("project_id", BigInteger, nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("metric", String(32), nullable=False),
+    Column("comparison", String(2), nullable=False),
+    Column("threshold", String(64), nullable=False),
+    Column("window_seconds", Integer, nullable=False),
+    Column("filters", Text, nullable=False, server_default="{}"),
+    Column("channels", Text, nullable=False, server_default="[]"),
+    Column("enabled", Boolean, nullable=False, server_default="1"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("state", String(16), nullable=False, server_default="ok"),
+    Column("last_value", String(64)),
+    Column("last_evaluated_at", DateTime(timezone=True)),
+    Column("last_changed_at", DateTime(timezone=True)),
+    Column("last_notified_at", DateTime(timezone=True)),
+    UniqueConstraint("project_id", "name", name="uq_alert_rules_name"),
+)
+
+# The history: one row per state change (``firing``, ``resolved``) or reminder, with the outcome
+# of every notification sent for it (JSON list of {channel, target, outcome, error}).
+alert_events = Table(
+    "alert_events",
+    metadata,
+    Column("event_id", Id, primary_key=True, autoincrement=True),
+    Column("rule_id", BigInteger, nullable=False),
+    Column("project_id", BigInteger, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("value", String(64)),
+    Column("threshold", String(64), nullable=False),
+    Column("notifications", Text, nullable=False, server_default="[]"),
+    Index("ix_alert_events_rule", "rule_id", "event_id"),
+    Index("ix_alert_events_project_at", "project_id", "at"),
 )
