@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-LINT_PATHS := $(wildcard src tests bench sdk/python/src sdk/python/tests)
+LINT_PATHS := $(wildcard src tests bench sdk/python/src)
 
 .DEFAULT_GOAL := help
 

@@ -55,6 +55,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     db = _migrated(settings)
     key = bootstrap(db, settings)
     db.dispose()
+    if key is None and sys.stdout.isatty():
+        # Like Jupyter, show the way in at every start while the initial key file is there.
+        key_file = settings.data_dir / "initial-admin-key"
+        if key_file.is_file():
+            key = key_file.read_text().strip() or None
     if key:
         _print_banner(settings, key)
     # Workers re-read settings from the environment: pass the flags on.
@@ -348,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
         "settings", help="print every setting with its environment variable"
     )
     settings_cmd.set_defaults(func=cmd_settings)
+    from observatory import cli_governance
+
+    cli_governance.register(sub)
     demo.register(sub)
     from observatory import cli_alerts
 

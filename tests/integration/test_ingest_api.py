@@ -376,6 +376,7 @@ def test_hourly_rollups_answer_exactly_like_minutes(app: App, monkeypatch) -> No
                     results[(minutes_only, i, group_by, bucket)] = queries.analytics(
                         conn, 1, f, group_by=group_by, bucket=bucket
                     )
+
     def rounded(value: object) -> object:
         # Sums of floats in another order differ in the last bits.
         if isinstance(value, float):

@@ -28,6 +28,7 @@ from observatory.store.engine import Database
 log = logging.getLogger(__name__)
 KEY_CACHE_SECONDS = 5.0
 CONFIG_CACHE_SECONDS = 10.0
+TOUCH_EVERY_SECONDS = 60.0
 
 
 @dataclass
@@ -62,11 +63,23 @@ class AppState:
         with self.db.engine.connect() as conn:
             key = admin.authenticate(conn, secret)
         if key is not None:
+            self._touch(key)
             with self._lock:
                 if len(self._keys) > 10_000:
                     self._keys.clear()
                 self._keys[digest] = (now + KEY_CACHE_SECONDS, key)
         return key
+
+    def _touch(self, key: ApiKey) -> None:
+        """Record when a key was last used, at most once a minute per key."""
+        last = key.last_used_at
+        if last is not None and (admin.now() - last).total_seconds() < TOUCH_EVERY_SECONDS:
+            return
+        try:
+            with self.db.write() as conn:
+                admin.touch_key(conn, key.key_id)
+        except Exception:  # bookkeeping must never fail a request
+            log.debug("could not record the key's last use", exc_info=True)
 
     def forget_keys(self) -> None:
         with self._lock:

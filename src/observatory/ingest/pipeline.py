@@ -150,7 +150,8 @@ def count_llm_metrics(spans: Sequence[Span]) -> None:
         metrics.llm_requests_total.labels(provider, model).inc()
         if span.is_error:
             metrics.llm_errors_total.labels(provider, model).inc()
-        metrics.llm_request_duration_seconds.labels(provider, model).observe(span.duration_ms / 1000)
+        duration = metrics.llm_request_duration_seconds.labels(provider, model)
+        duration.observe(span.duration_ms / 1000)
         usage = span.usage
         for kind, value in (
             ("input", usage.input_tokens),
