@@ -20,7 +20,8 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -58,11 +59,10 @@ SECURITY_HEADERS = [
     ),
 ]
 # /docs loads Swagger UI from its own bundle; it needs inline scripts.
+# /docs is Swagger UI from the vendored bundle; its start-up script is inline.
 DOCS_CSP = (
-    b"default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    b"style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    b"img-src 'self' data: https://fastapi.tiangolo.com; "
-    b"frame-ancestors 'none'"
+    b"default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    b"img-src 'self' data:; frame-ancestors 'none'"
 )
 
 
@@ -270,7 +270,7 @@ def create_app(settings: Settings, *, print_banner: bool = False) -> FastAPI:
         version=__version__,
         description="OpenTelemetry-native observability for LLM applications.",
         lifespan=lifespan,
-        docs_url="/docs" if is_api else None,
+        docs_url=None,  # served below from the vendored Swagger UI, no CDN
         redoc_url=None,
         openapi_url="/openapi.json" if is_api else None,
     )
@@ -289,6 +289,16 @@ def create_app(settings: Settings, *, print_banner: bool = False) -> FastAPI:
         app.include_router(alerts_api.router, responses=COMMON_RESPONSES)
         app.include_router(admin_api.router, responses=COMMON_RESPONSES)
         from observatory.ui.views import install_ui
+
+        @app.get("/docs", include_in_schema=False)
+        async def api_docs() -> HTMLResponse:
+            return get_swagger_ui_html(
+                openapi_url="/openapi.json",
+                title="LLM Observatory API",
+                swagger_js_url="/static/vendor/swagger-ui-bundle.js",
+                swagger_css_url="/static/vendor/swagger-ui.css",
+                swagger_favicon_url="/static/favicon.svg",
+            )
 
         install_ui(app)
 
