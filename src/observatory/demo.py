@@ -511,8 +511,8 @@ def build_traces(
 ) -> list[DemoTrace]:
     """``count`` demo traces ending at ``now_ns``; the same seed and clock give the same traces."""
     now_ns = now_ns or time.time_ns()
-    rng = random.Random(seed)  # noqa: S311 - demo data, not secrets
-    ids = random.Random(f"{seed}:{now_ns}" if seed is not None else None)  # noqa: S311
+    rng = random.Random(seed)  # noqa: S311 # nosec B311 - demo data, not secrets
+    ids = random.Random(f"{seed}:{now_ns}" if seed is not None else None)  # noqa: S311 # nosec B311
     gen = Generator(rng, ids)
     names = list(SERVICES)
     shares = [SERVICES[n][1] for n in names]
@@ -629,6 +629,8 @@ class DemoError(RuntimeError):
 def send(url: str, key: str, body: bytes, attempts: int = 6) -> None:
     """POST one OTLP request; retry (bounded) when the server says 429/503 or is unreachable."""
     endpoint = url.rstrip("/") + "/v1/traces"
+    if not endpoint.startswith(("http://", "https://")):
+        raise ValueError(f"--url must be an http:// or https:// URL, not {url!r}")
     data = gzip.compress(body)
     for attempt in range(attempts):
         request = urllib.request.Request(  # noqa: S310 - the URL is the user's own server
@@ -642,7 +644,8 @@ def send(url: str, key: str, body: bytes, attempts: int = 6) -> None:
             },
         )
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            # The scheme is checked above: only http(s).
+            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 # nosec B310
                 response.read()
                 return
         except urllib.error.HTTPError as exc:
@@ -699,7 +702,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"open {args.url.rstrip('/')}/ to see them")
         if args.follow:
             print("sending a new trace every few seconds; press Ctrl-C to stop", flush=True)
-            rng = random.Random(args.seed)  # noqa: S311
+            rng = random.Random(args.seed)  # noqa: S311 # nosec B311 - demo data
             while True:
                 time.sleep(rng.uniform(1.5, 4.0))
                 send(args.url, key, encode(build_traces(1, 30 / 86400, None)))

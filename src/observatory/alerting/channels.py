@@ -68,7 +68,7 @@ class Delivery:
         base = settings.alert_base_url
         if not base:
             host = settings.host
-            if host in ("0.0.0.0", "::", ""):  # noqa: S104 - a bind address, not a bind
+            if host in ("0.0.0.0", "::", ""):  # noqa: S104 # nosec B104 - checked, not bound
                 host = "127.0.0.1"
             base = f"http://{host}:{settings.port}"
         return cls(
