@@ -169,6 +169,8 @@ def start_server(
         "OBSERVATORY_INITIAL_ADMIN_KEY": admin_key,
         # Several servers run at once in the tests: none may take the default gRPC port.
         "OBSERVATORY_GRPC_PORT": str(free_port()),
+        # The fixtures use fixed timestamps in the past: retention must not run under them.
+        "OBSERVATORY_RETENTION_INTERVAL_SECONDS": "0",
         **({"OBSERVATORY_DATABASE_URL": database_url} if database_url else {}),
         **(env or {}),
     }

@@ -25,11 +25,11 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from observatory import __version__, metrics
+from observatory import __version__, metrics, retention_job
 from observatory.alerting.evaluator import alerts_hook
 from observatory.api import admin as admin_api
 from observatory.api import alerts as alerts_api
-from observatory.api import analytics, health, otlp, otlp_signals, traces
+from observatory.api import analytics, governance, health, otlp, otlp_signals, traces
 from observatory.api.deps import AppState, rate_limit_headers
 from observatory.api.errors import COMMON_RESPONSES
 from observatory.api.otlp_grpc import serve_grpc
@@ -275,7 +275,7 @@ def create_app(settings: Settings, *, print_banner: bool = False) -> FastAPI:
         openapi_url="/openapi.json" if is_api else None,
     )
     app.state.obs = st
-    app.state.startup_hooks = []
+    app.state.startup_hooks = [retention_job.retention_hook]
     app.add_middleware(RequestMiddleware)
     app.include_router(health.router)
     app.include_router(otlp.router)
@@ -287,6 +287,8 @@ def create_app(settings: Settings, *, print_banner: bool = False) -> FastAPI:
         app.include_router(traces.router, responses=COMMON_RESPONSES)
         app.include_router(analytics.router, responses=COMMON_RESPONSES)
         app.include_router(alerts_api.router, responses=COMMON_RESPONSES)
+        # Before the admin router: its /settings/{section} would shadow /settings/retention.
+        app.include_router(governance.router, responses=COMMON_RESPONSES)
         app.include_router(admin_api.router, responses=COMMON_RESPONSES)
         from observatory.ui.views import install_ui
 

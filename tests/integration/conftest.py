@@ -59,6 +59,8 @@ def app_factory(tmp_path: Path) -> Iterator[Callable[..., App]]:
             "data_dir": str(data_dir),
             "database_url": database_url,
             "initial_admin_key": "obs_admin_" + "x" * 20 + str(len(clients)),
+            # Fixed timestamps in the past: the scheduled retention must not run under them.
+            "retention_interval_seconds": 0,
         }
         # Several apps run at once in the tests: none may take the default gRPC port.
         if "grpc_port" in {f.name for f in dataclasses.fields(Settings)}:
