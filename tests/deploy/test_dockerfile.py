@@ -108,6 +108,16 @@ def interpreter_binds() -> list[str]:
     return []
 
 
+def checkout_binds() -> list[str]:
+    """A checkout (or its virtualenv) under /tmp would vanish under the fresh /tmp tmpfs, as CI's
+    clone may live there: bind it back, read-only, as the image's /app is."""
+    binds: list[str] = []
+    for path in (Path(__file__).resolve().parents[2], Path(sys.prefix).resolve()):
+        if path.is_relative_to("/tmp") and str(path) not in binds:
+            binds += ["--ro-bind", str(path), str(path)]
+    return binds
+
+
 def descendants(pid: int) -> list[int]:
     found: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -144,6 +154,7 @@ def test_server_runs_unprivileged_on_a_read_only_filesystem(role: str) -> None:
         "1777",
         "--tmpfs",
         "/tmp",
+        *checkout_binds(),
         "--bind",
         str(data),
         str(data),
