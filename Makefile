@@ -4,11 +4,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-LINT_PATHS := $(wildcard src tests bench sdk/python/src)
+LINT_PATHS := $(wildcard src tests bench deploy sdk/python/src)
 
 .DEFAULT_GOAL := help
 
-.PHONY: help run demo test test-setup lint format typecheck bench bench-peer clean
+.PHONY: help run demo test test-setup lint format typecheck bench bench-peer clean stack-up stack-down
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -55,6 +55,12 @@ bench-peer: test-setup ## install Phoenix 20.26.1 (bench/.venv-phoenix) and comp
 		bench/.venv-phoenix/bin/pip install --disable-pip-version-check -q 'arize-phoenix[pg]==20.26.1' && \
 		touch bench/.venv-phoenix/.installed-20.26.1; }
 	$(BIN)/python -m bench --peer $(BENCH_ARGS)
+
+stack-up: $(STAMP) ## start the production stack on loopback (deploy/local; STACK_DIR=... to move it)
+	$(BIN)/python -m deploy.local up $(if $(STACK_DIR),--dir $(STACK_DIR))
+
+stack-down: ## stop the loopback production stack and remove its state
+	$(BIN)/python -m deploy.local down $(if $(STACK_DIR),--dir $(STACK_DIR))
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -143,7 +143,7 @@ def test_shipped_upstreams_use_passive_health_checks_and_least_conn() -> None:
     assert "collector:8000" in blocks["observatory_collector"]
     assert "grafana:3000" in blocks["observatory_grafana"]
     retry = (DOCKER / "nginx/includes/retry.conf").read_text()
-    assert "proxy_next_upstream error timeout http_502 http_503 http_504;" in retry
+    assert "proxy_next_upstream error timeout http_502 http_504;" in retry
     ssl_params = (DOCKER / "nginx/ssl-params.conf").read_text()
     assert re.search(r"^ssl_protocols TLSv1\.2 TLSv1\.3;$", ssl_params, re.M)
 
@@ -151,8 +151,8 @@ def test_shipped_upstreams_use_passive_health_checks_and_least_conn() -> None:
 @pytest.fixture(scope="module")
 def live() -> Iterator[LiveNginx]:
     api_ok = FakeUpstream("api-ok")
-    api_failing = FakeUpstream("api-failing", status=503)
-    collector_failing = FakeUpstream("collector-failing", status=503)
+    api_failing = FakeUpstream("api-failing", status=502)
+    collector_failing = FakeUpstream("collector-failing", status=502)
     grafana = FakeUpstream("grafana")
     # Outside pytest's 0700 base directory: nginx runs as nobody.
     parent = private_tmpdir("obs-deploy-nginx-")
@@ -271,7 +271,7 @@ def test_failed_server_is_retried_on_the_next_and_client_ip_is_forwarded(live: L
 def test_otlp_export_is_retried_and_limited_to_20_mib(live: LiveNginx) -> None:
     with live.client() as client:
         headers = {"Host": API_HOST, "Content-Type": "application/x-protobuf"}
-        # The collector answers 503: the batch is replayed on the next server (POST, but an
+        # The collector answers 502: the batch is replayed on the next server (POST, but an
         # OTLP export is idempotent).
         ok = client.post(live.https("/v1/traces"), headers=headers, content=b"\0" * 2_000_000)
         assert ok.status_code == 200, ok.text

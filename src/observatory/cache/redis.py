@@ -44,7 +44,12 @@ def connect(url: str, timeout: float = 0.5) -> redis.Redis:  # type: ignore[type
         hosts,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
-        sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
+        # Sentinels protected with requirepass take the same password as the data nodes.
+        sentinel_kwargs={
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "password": password,
+        },
         password=password,
         db=db,
     )

@@ -131,6 +131,13 @@ class Database:
         if self.read_engine is not None and time.monotonic() >= self._replica_down_until:
             try:
                 conn = self.read_engine.connect()
+                try:
+                    # A pooler (PgBouncer) accepts the connection even when the replica behind
+                    # it is down; the first statement tells.
+                    conn.exec_driver_sql("SELECT 1")
+                except BaseException:
+                    conn.close()
+                    raise
             except (OperationalError, DBAPIError) as exc:
                 log.warning(
                     "read replica unreachable, using the primary: %s", exc.__class__.__name__

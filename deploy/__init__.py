@@ -1,0 +1,1 @@
+"""Deployment tooling outside Docker: ``deploy.local`` runs the production stack on loopback."""
