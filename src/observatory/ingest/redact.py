@@ -59,6 +59,16 @@ DETECTORS: dict[str, tuple[str, bool]] = {
         False,
     ),
 }
+# Literal substrings without which a detector cannot match. When every enabled detector has
+# them (the default, secrets-only policy), a string containing none of them is skipped without
+# running the regular expression — most attribute values and prompts.
+TRIGGERS: dict[str, tuple[str, ...]] = {
+    "private_key": ("PRIVATE KEY-----",),
+    "jwt": ("eyJ",),
+    "bearer_token": ("earer", "EARER"),
+    "api_key": ("sk-", "sk_live_", "rk_live_", "AKIA", "gh", "github_pat_", "AIza", "xox", "obs_"),
+    "email": ("@",),
+}
 # Detectors whose matches are checked further before they count.
 _VALIDATORS: dict[str, Callable[[str], bool]] = {}
 
@@ -103,9 +113,15 @@ class Redactor:
     store_content: bool
     hash_key: bytes
     pattern: re.Pattern[str] | None = field(init=False, default=None)
+    _triggers: tuple[str, ...] | None = field(init=False, default=None)
     _groups: dict[str, str] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
+        triggers: set[str] = set()
+        for name in self.detectors:
+            triggers.update(TRIGGERS.get(name, ("",)))
+        # "" is in every string: a detector without literal triggers disables the shortcut.
+        self._triggers = tuple(sorted(triggers)) if "" not in triggers and not self.custom else None
         parts = []
         for index, name in enumerate(self.detectors):
             group = f"d{index}"
@@ -136,6 +152,8 @@ class Redactor:
 
     def text(self, value: str) -> str:
         if self.pattern is None or not value:
+            return value
+        if self._triggers is not None and not any(t in value for t in self._triggers):
             return value
         return self.pattern.sub(self._replace, value)
 
