@@ -77,6 +77,15 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _postgres_session(dbapi_connection: Any, _record: Any) -> None:
+    # JIT compilation costs seconds on the planner's large estimates for queries over many day
+    # partitions (measured: trace list with a model filter 7 s with JIT, 70 ms without) and
+    # gains nothing on these short queries. A SET (not a startup option) passes PgBouncer.
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute("SET jit = off")
+    dbapi_connection.commit()
+
+
 def make_engine(url: DatabaseUrl, pool_size: int = 10, *, pooled: bool = True) -> Engine:
     if url.dialect == "sqlite":
         assert url.sqlite_path is not None
@@ -100,7 +109,9 @@ def make_engine(url: DatabaseUrl, pool_size: int = 10, *, pooled: bool = True) -
         )
     else:
         kwargs["poolclass"] = NullPool
-    return create_engine(url.sqlalchemy_url, **kwargs)
+    engine = create_engine(url.sqlalchemy_url, **kwargs)
+    event.listen(engine, "connect", _postgres_session)
+    return engine
 
 
 class Database:
