@@ -98,6 +98,18 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     drop_pg_database(url)
 
 
+def stop_process(process: subprocess.Popen[Any], timeout: float = 30) -> int:
+    """SIGTERM and wait up to ``timeout`` seconds, then SIGKILL; returns the exit status."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+    return int(process.returncode)
+
+
 @dataclass
 class Server:
     """A real ``observatory serve`` process."""
@@ -118,19 +130,28 @@ class Server:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self, timeout: float = 30) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        return int(self.process.returncode)
+        return stop_process(self.process, timeout)
 
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+
+# Every server start_server started, so that none outlives the test session (_no_servers_left).
+_STARTED: list[Server] = []
+
+
+def stop_all(servers: list[Server]) -> None:
+    """Stop every server in order, even when stopping one of them fails (that error is raised)."""
+    failures: list[Exception] = []
+    for server in servers:
+        try:
+            server.stop()
+        except Exception as exc:
+            failures.append(exc)
+    if failures:
+        raise failures[0]
 
 
 def wait_ready(
@@ -150,6 +171,21 @@ def wait_ready(
             last = str(exc)
         time.sleep(0.2)
     raise TimeoutError(f"server at {base_url} not ready: {last}")
+
+
+def _admin_key(data_dir: Path, env: dict[str, str]) -> str:
+    key_file = data_dir / "initial-admin-key"
+    if key_file.exists():
+        return key_file.read_text().strip()
+    # The database was bootstrapped earlier (a second server on the same database).
+    return subprocess.run(
+        [str(BIN / "observatory"), "keys", "create", "--project", "default", "--role", "admin"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=data_dir,
+    ).stdout.strip()
 
 
 def start_server(
@@ -185,27 +221,29 @@ def start_server(
     )
     handle.close()
     base_url = f"http://127.0.0.1:{port}"
+    # Whatever goes wrong from here on (Ctrl-C included), the process must not outlive the call.
     try:
-        wait_ready(base_url, process)
-    except Exception:
-        process.kill()
-        raise RuntimeError(
-            f"server did not start:\n{log_path.read_text(errors='replace')[-4000:]}"
-        ) from None
-    key_file = data_dir / "initial-admin-key"
-    if key_file.exists():
-        admin_key = key_file.read_text().strip()
-    else:
-        # The database was bootstrapped earlier (a second server on the same database).
-        admin_key = subprocess.run(
-            [str(BIN / "observatory"), "keys", "create", "--project", "default", "--role", "admin"],
-            env=full_env,
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=data_dir,
-        ).stdout.strip()
-    return Server(process, base_url, port, admin_key, data_dir, log_path, full_env)
+        try:
+            wait_ready(base_url, process)
+        except Exception:
+            stop_process(process, timeout=5)
+            raise RuntimeError(
+                f"server did not start:\n{log_path.read_text(errors='replace')[-4000:]}"
+            ) from None
+        admin_key = _admin_key(data_dir, full_env)
+    except BaseException:
+        stop_process(process)
+        raise
+    server = Server(process, base_url, port, admin_key, data_dir, log_path, full_env)
+    _STARTED.append(server)
+    return server
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_servers_left() -> Iterator[None]:
+    """A safety net: stop any server a test or fixture started and did not stop."""
+    yield
+    stop_all(_STARTED)
 
 
 @pytest.fixture
@@ -225,9 +263,10 @@ def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callabl
         servers.append(server)
         return server
 
-    yield factory
-    for server in servers:
-        server.stop()
+    try:
+        yield factory
+    finally:
+        stop_all(servers)
 
 
 @pytest.fixture

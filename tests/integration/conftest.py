@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from observatory.app import create_app
 from observatory.config import Settings, load_settings
 from tests.conftest import free_port
+from tests.integration.alert_receivers import SmtpReceiver, WebhookReceiver
 
 
 class App:
@@ -81,3 +82,19 @@ def app_factory(tmp_path: Path) -> Iterator[Callable[..., App]]:
 def app(app_factory: Callable[..., App], database_url: str) -> App:
     """The application on SQLite and on PostgreSQL (parametrised by ``database_url``)."""
     return app_factory(database_url)
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    """A local HTTP receiver for alert webhooks (and Slack-compatible ones)."""
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture
+def smtp_receiver() -> Iterator[SmtpReceiver]:
+    """A local SMTP server recording the alert e-mails."""
+    receiver = SmtpReceiver()
+    yield receiver
+    receiver.close()

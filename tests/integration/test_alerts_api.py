@@ -49,20 +49,6 @@ def rule_body(**changes: Any) -> dict[str, Any]:
     return body
 
 
-@pytest.fixture
-def webhook_receiver() -> Iterator[WebhookReceiver]:
-    receiver = WebhookReceiver()
-    yield receiver
-    receiver.close()
-
-
-@pytest.fixture
-def smtp_receiver() -> Iterator[SmtpReceiver]:
-    receiver = SmtpReceiver()
-    yield receiver
-    receiver.close()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def quiet_app(
     request: pytest.FixtureRequest, app_factory: Callable[..., App], tmp_path: Path

@@ -5,7 +5,7 @@ firing and one resolved notification; two servers on one database notify once pe
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -18,20 +18,6 @@ from tests.otlp_builder import SpanSpec, llm_attributes, now_ns, protobuf_reques
 WINDOW_SECONDS = 5
 # Rounds that must pass quietly after the resolution (at one round per second).
 QUIET_SECONDS = 4
-
-
-@pytest.fixture
-def webhook_receiver() -> Iterator[WebhookReceiver]:
-    receiver = WebhookReceiver()
-    yield receiver
-    receiver.close()
-
-
-@pytest.fixture
-def smtp_receiver() -> Iterator[SmtpReceiver]:
-    receiver = SmtpReceiver()
-    yield receiver
-    receiver.close()
 
 
 def alert_env(smtp: SmtpReceiver | None = None) -> dict[str, str]:

@@ -3,7 +3,7 @@ protected forms for admins to create, test and delete rules, escaping, audit."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,13 +23,6 @@ SECRET_PATH = "/services/T1/B1/secret-token"
 @pytest.fixture
 def ui(app_factory: Callable[..., App], tmp_path: Path) -> App:
     return app_factory(f"sqlite:///{tmp_path / 'ui.db'}", alert_interval_seconds=0)
-
-
-@pytest.fixture
-def webhook_receiver() -> Iterator[WebhookReceiver]:
-    receiver = WebhookReceiver()
-    yield receiver
-    receiver.close()
 
 
 def form(**changes: str) -> dict[str, str]:

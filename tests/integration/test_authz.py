@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from observatory.model import Role
 from observatory.store import admin
-from tests.conftest import Server
+from observatory.store.engine import Database
+from tests.conftest import Server, start_server
 from tests.otlp_builder import agent_trace, protobuf_request, trace_id
 
 FAKE_IDS = {"trace_id": trace_id(1), "section": "redaction", "format": "jsonl"}
@@ -30,14 +31,9 @@ def fill(path: str) -> str:
     return re.sub(r"\{(\w+)\}", lambda m: FAKE_IDS.get(m.group(1), "1"), path)
 
 
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    from tests.conftest import start_server
-
-    server = start_server(
-        tmp_path_factory.mktemp("authz"),
-        env={"OBSERVATORY_RATE_LIMIT_KEY_REQUESTS_PER_MINUTE": "0"},
-    )
+def _make_keys(server: Server) -> dict[str, object]:
+    """A trace to read, another project's admin key, a key of every role, a revoked and an
+    expired key."""
     with server.client() as client:
         assert (
             client.post(
@@ -48,20 +44,31 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
             == 200
         )
         other = client.post("/api/v1/admin/projects", json={"name": "other"}).json()["admin_key"]
-    from observatory.store.engine import Database
-
     db = Database(f"sqlite:///{server.data_dir / 'observatory.db'}")
-    with db.write() as conn:
-        pid = admin.get_project(conn, name="default").project_id
-        made = {role.value: admin.create_key(conn, pid, role)[1] for role in Role}
-        revoked, revoked_secret = admin.create_key(conn, pid, Role.ADMIN)
-        admin.revoke_key(conn, revoked.key_id)
-        _, expired = admin.create_key(
-            conn, pid, Role.ADMIN, expires_at=datetime.now(UTC) - timedelta(days=1)
-        )
-    db.dispose()
-    yield {"server": server, "other": other, "revoked": revoked_secret, "expired": expired, **made}
-    server.stop()
+    try:
+        with db.write() as conn:
+            pid = admin.get_project(conn, name="default").project_id
+            made = {role.value: admin.create_key(conn, pid, role)[1] for role in Role}
+            revoked, revoked_secret = admin.create_key(conn, pid, Role.ADMIN)
+            admin.revoke_key(conn, revoked.key_id)
+            _, expired = admin.create_key(
+                conn, pid, Role.ADMIN, expires_at=datetime.now(UTC) - timedelta(days=1)
+            )
+    finally:
+        db.dispose()
+    return {"other": other, "revoked": revoked_secret, "expired": expired, **made}
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    server = start_server(
+        tmp_path_factory.mktemp("authz"),
+        env={"OBSERVATORY_RATE_LIMIT_KEY_REQUESTS_PER_MINUTE": "0"},
+    )
+    try:
+        yield {"server": server, **_make_keys(server)}
+    finally:
+        server.stop()
 
 
 def operations(server: Server) -> list[tuple[str, str]]:

@@ -195,7 +195,10 @@ def presented_key(request: Request) -> str | None:
     return None
 
 
-def _audit_refusal(st: AppState, request: Request, reason: str, key: ApiKey | None = None) -> None:
+def record_refusal(
+    st: AppState, reason: str, key: ApiKey | None, route: str, remote_addr: str
+) -> None:
+    """Audit a refused authentication (HTTP or gRPC); failing to record it only logs a warning."""
     try:
         with st.db.write() as conn:
             admin.record_audit(
@@ -206,11 +209,16 @@ def _audit_refusal(st: AppState, request: Request, reason: str, key: ApiKey | No
                 key_id=key.key_id if key else None,
                 actor=key.key_prefix if key else "",
                 object_type="route",
-                object_id=f"{request.method} {request.url.path}",
-                remote_addr=client_address(request),
+                object_id=route,
+                remote_addr=remote_addr,
             )
     except Exception:
         log.warning("could not record a refused authentication in the audit log", exc_info=True)
+
+
+def _audit_refusal(st: AppState, request: Request, reason: str, key: ApiKey | None = None) -> None:
+    route = f"{request.method} {request.url.path}"
+    record_refusal(st, reason, key, route, client_address(request))
 
 
 async def authenticate(request: Request, needed: Role) -> ApiKey:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from observatory.api.deps import Require, audit, client_address, state
-from observatory.api.params import common_filters
+from observatory.api.params import AttributeFilters, add_attribute_filters, common_filters
 from observatory.model import ApiKey, Role
 from observatory.store import admin, erasure, export, retention
 from observatory.store.queries import Filters
@@ -90,18 +90,9 @@ async def export_spans(
     format: Annotated[
         str, Query(pattern="^(csv|jsonl|parquet)$", description="csv, jsonl or parquet")
     ] = "jsonl",
-    attribute: Annotated[
-        list[str] | None,
-        Query(description="Attribute equality, repeatable: attribute=key=value", max_length=20),
-    ] = None,
+    attribute: AttributeFilters = None,
 ) -> StreamingResponse:
-    for item in attribute or []:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise HTTPException(
-                422, "attribute filters look like attribute=gen_ai.request.model=gpt-4o"
-            )
-        filters.attributes[name[:256]] = value[:1024]
+    add_attribute_filters(filters, attribute)
     st = state(request)
     await run_in_threadpool(
         audit,

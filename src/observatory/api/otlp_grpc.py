@@ -38,7 +38,7 @@ from grpc import aio
 from starlette.concurrency import run_in_threadpool
 
 from observatory import metrics
-from observatory.api.deps import AppState, config_for
+from observatory.api.deps import AppState, config_for, record_refusal
 from observatory.api.otlp import process_export
 from observatory.api.otlp_signals import (
     SignalResult,
@@ -177,21 +177,7 @@ class OtlpGrpcReceiver:
         return handle
 
     def _audit(self, context: Any, route: str, reason: str, key: ApiKey | None = None) -> None:
-        try:
-            with self.st.db.write() as conn:
-                admin.record_audit(
-                    conn,
-                    action="auth.refused",
-                    outcome=reason,
-                    project_id=key.project_id if key else None,
-                    key_id=key.key_id if key else None,
-                    actor=key.key_prefix if key else "",
-                    object_type="route",
-                    object_id=route,
-                    remote_addr=peer_address(context.peer() or ""),
-                )
-        except Exception:
-            log.warning("could not record a refused authentication in the audit log", exc_info=True)
+        record_refusal(self.st, reason, key, route, peer_address(context.peer() or ""))
 
     def _key_state(self, secret: str) -> str:
         with self.st.db.write() as conn:

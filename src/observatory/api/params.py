@@ -69,6 +69,21 @@ def check_trace_id(trace_id: str) -> str:
 
 
 Text = Annotated[str | None, Query(max_length=512)]
+AttributeFilters = Annotated[
+    list[str] | None,
+    Query(description="Attribute equality, repeatable: attribute=key=value", max_length=20),
+]
+
+
+def add_attribute_filters(filters: Filters, attribute: list[str] | None) -> None:
+    """Add ``attribute=key=value`` parameters to ``filters`` as attribute equality; 422 if bad."""
+    for item in attribute or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise HTTPException(
+                422, "attribute filters look like attribute=gen_ai.request.model=gpt-4o"
+            )
+        filters.attributes[name[:256]] = value[:1024]
 
 
 def common_filters(

@@ -2,19 +2,58 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from observatory.api.deps import Require, state
-from observatory.api.params import check_trace_id, common_filters
+from observatory.api.params import (
+    AttributeFilters,
+    add_attribute_filters,
+    check_trace_id,
+    common_filters,
+)
 from observatory.model import ApiKey, Role
 from observatory.store import queries
 from observatory.store.queries import Filters
 
 router = APIRouter(prefix="/api/v1", tags=["traces"])
 reader = Require(Role.READ)
+
+
+async def _page(
+    request: Request,
+    search: Callable[..., queries.Page],
+    project_id: int,
+    filters: Filters,
+    *,
+    sort: str,
+    descending: bool,
+    limit: int,
+    cursor: str | None,
+) -> dict[str, Any]:
+    """One page of ``queries.list_traces`` or ``search_spans``; a bad cursor is a 422."""
+    st = state(request)
+
+    def run() -> queries.Page:
+        with st.db.read() as conn:
+            return search(
+                conn,
+                project_id,
+                filters,
+                sort=sort,
+                descending=descending,
+                limit=limit,
+                cursor=cursor,
+            )
+
+    try:
+        result = await run_in_threadpool(run)
+    except queries.BadCursor as exc:
+        raise HTTPException(422, str(exc)) from exc
+    return {"data": result.items, "next_cursor": result.next_cursor}
 
 
 @router.get("/traces", summary="List traces, one row per trace")
@@ -27,25 +66,16 @@ async def list_traces(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> dict[str, Any]:
-    st = state(request)
-
-    def run() -> queries.Page:
-        with st.db.read() as conn:
-            return queries.list_traces(
-                conn,
-                key.project_id,
-                filters,
-                sort=sort,
-                descending=order == "desc",
-                limit=limit,
-                cursor=cursor,
-            )
-
-    try:
-        page = await run_in_threadpool(run)
-    except queries.BadCursor as exc:
-        raise HTTPException(422, str(exc)) from exc
-    return {"data": page.items, "next_cursor": page.next_cursor}
+    return await _page(
+        request,
+        queries.list_traces,
+        key.project_id,
+        filters,
+        sort=sort,
+        descending=order == "desc",
+        limit=limit,
+        cursor=cursor,
+    )
 
 
 @router.get("/traces/{trace_id}", summary="One trace with every span as a tree")
@@ -70,38 +100,20 @@ async def search_spans(
     request: Request,
     key: Annotated[ApiKey, Depends(reader)],
     filters: Annotated[Filters, Depends(common_filters)],
-    attribute: Annotated[
-        list[str] | None,
-        Query(description="Attribute equality, repeatable: attribute=key=value", max_length=20),
-    ] = None,
+    attribute: AttributeFilters = None,
     sort: Annotated[str, Query(pattern="^(start_time|duration|cost|tokens)$")] = "start_time",
     order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> dict[str, Any]:
-    for item in attribute or []:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise HTTPException(
-                422, "attribute filters look like attribute=gen_ai.request.model=gpt-4o"
-            )
-        filters.attributes[name[:256]] = value[:1024]
-    st = state(request)
-
-    def run() -> queries.Page:
-        with st.db.read() as conn:
-            return queries.search_spans(
-                conn,
-                key.project_id,
-                filters,
-                sort=sort,
-                descending=order == "desc",
-                limit=limit,
-                cursor=cursor,
-            )
-
-    try:
-        page = await run_in_threadpool(run)
-    except queries.BadCursor as exc:
-        raise HTTPException(422, str(exc)) from exc
-    return {"data": page.items, "next_cursor": page.next_cursor}
+    add_attribute_filters(filters, attribute)
+    return await _page(
+        request,
+        queries.search_spans,
+        key.project_id,
+        filters,
+        sort=sort,
+        descending=order == "desc",
+        limit=limit,
+        cursor=cursor,
+    )

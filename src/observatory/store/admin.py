@@ -32,8 +32,8 @@ def now() -> datetime:
     return datetime.now(tz=UTC)
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite returns naive datetimes; everything we store is UTC.
+def aware(value: datetime | None) -> datetime | None:
+    """A stored time as an aware UTC datetime (SQLite returns naive ones; all are stored in UTC)."""
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value
@@ -46,7 +46,7 @@ def _project(row: RowMapping) -> Project:
     return Project(
         project_id=row["project_id"],
         name=row["name"],
-        created_at=_aware(row["created_at"]) or now(),
+        created_at=aware(row["created_at"]) or now(),
         settings=orjson.loads(row["settings"] or "{}"),
     )
 
@@ -114,10 +114,10 @@ def _api_key(row: RowMapping) -> ApiKey:
         name=row["name"],
         role=Role(row["role"]),
         key_prefix=row["key_prefix"],
-        created_at=_aware(row["created_at"]) or now(),
-        expires_at=_aware(row["expires_at"]),
-        revoked_at=_aware(row["revoked_at"]),
-        last_used_at=_aware(row["last_used_at"]),
+        created_at=aware(row["created_at"]) or now(),
+        expires_at=aware(row["expires_at"]),
+        revoked_at=aware(row["revoked_at"]),
+        last_used_at=aware(row["last_used_at"]),
     )
 
 
@@ -176,7 +176,7 @@ def key_state(conn: Connection, secret: str) -> str:
         return "unknown"
     if row["revoked_at"] is not None:
         return "revoked"
-    expires = _aware(row["expires_at"])
+    expires = aware(row["expires_at"])
     if expires is not None and expires <= now():
         return "expired"
     return "valid"
@@ -349,7 +349,7 @@ def list_audit(
     out = []
     for row in conn.execute(query).mappings():
         item = dict(row)
-        item["at"] = (_aware(item["at"]) or now()).isoformat()
+        item["at"] = (aware(item["at"]) or now()).isoformat()
         item["details"] = orjson.loads(item["details"] or "{}")
         out.append(item)
     return out

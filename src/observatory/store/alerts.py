@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection, RowMapping
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 
-from observatory.store.admin import Conflict, NotFound
-from observatory.store.engine import Database
+from observatory.store.admin import Conflict, NotFound, aware, now
+from observatory.store.engine import Database, cluster_lock
 from observatory.store.schema import alert_events, alert_rules, projects
 
 # Session-level advisory lock key of the alert evaluator (migrations 727274, retention 727275).
@@ -56,17 +55,6 @@ class AlertRule:
     last_notified_at: datetime | None = None
 
 
-def now() -> datetime:
-    return datetime.now(tz=UTC)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite returns naive datetimes; everything stored is UTC.
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
-
-
 def _rule(row: RowMapping) -> AlertRule:
     return AlertRule(
         rule_id=row["rule_id"],
@@ -80,13 +68,13 @@ def _rule(row: RowMapping) -> AlertRule:
         filters=orjson.loads(row["filters"] or "{}"),
         channels=orjson.loads(row["channels"] or "[]"),
         enabled=bool(row["enabled"]),
-        created_at=_aware(row["created_at"]),
-        updated_at=_aware(row["updated_at"]),
+        created_at=aware(row["created_at"]),
+        updated_at=aware(row["updated_at"]),
         state=row["state"],
         last_value=row["last_value"],
-        last_evaluated_at=_aware(row["last_evaluated_at"]),
-        last_changed_at=_aware(row["last_changed_at"]),
-        last_notified_at=_aware(row["last_notified_at"]),
+        last_evaluated_at=aware(row["last_evaluated_at"]),
+        last_changed_at=aware(row["last_changed_at"]),
+        last_notified_at=aware(row["last_notified_at"]),
     )
 
 
@@ -261,7 +249,7 @@ def list_events(
     out = []
     for row in conn.execute(query).mappings():
         item = {str(k): v for k, v in row.items()}  # keys are str subclasses
-        item["at"] = (_aware(item["at"]) or now()).isoformat()
+        item["at"] = (aware(item["at"]) or now()).isoformat()
         item["notifications"] = orjson.loads(item["notifications"] or "[]")
         out.append(item)
     return out
@@ -274,39 +262,8 @@ def list_events(
 def evaluation_lock(db: Database) -> Iterator[bool]:
     """Try to become the one evaluator of this round: yields True when this caller holds the lock.
 
-    PostgreSQL: a session-level ``pg_try_advisory_lock`` on a dedicated connection, held for the
-    whole round (released with the session if the process dies). SQLite: an exclusive ``flock``
-    on a file beside the database, which also excludes other processes on the same machine.
+    See ``cluster_lock``: held for the whole round, it also excludes other processes on the same
+    machine when the database is SQLite.
     """
-    if db.is_postgres:
-        conn = db.engine.connect()
-        try:
-            acquired = bool(
-                conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": PG_LOCK_KEY}).scalar()
-            )
-            conn.commit()
-            try:
-                yield acquired
-            finally:
-                if acquired:
-                    try:
-                        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PG_LOCK_KEY})
-                        conn.commit()
-                    except DBAPIError:
-                        conn.invalidate()  # ending the session releases the lock
-        finally:
-            conn.close()
-        return
-    assert db.url.sqlite_path is not None
-    lock_path = db.url.sqlite_path.with_suffix(db.url.sqlite_path.suffix + ".alerts-lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with cluster_lock(db, PG_LOCK_KEY, "alerts") as acquired:
+        yield acquired

@@ -173,27 +173,62 @@ class Database:
 
 
 @contextlib.contextmanager
-def migration_lock(db: Database) -> Iterator[None]:
-    """Serialise migrations between processes starting together."""
+def cluster_lock(db: Database, key: int, name: str, *, wait: bool = False) -> Iterator[bool]:
+    """Hold a lock shared by every process on this database: yields True when it is held.
+
+    PostgreSQL: a session-level advisory lock on ``key``, taken on a dedicated connection and
+    held for the whole block (it goes away with the session if the process dies). SQLite: an
+    exclusive ``flock`` on ``<database file>.<name>-lock``, which excludes other processes on the
+    same machine. With ``wait`` the caller blocks until the lock is free (always yields True);
+    without it a lock held elsewhere yields False at once.
+    """
     if db.is_postgres:
-        with db.engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(727274)"))
+        conn = db.engine.connect()
+        try:
+            if wait:
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                acquired = True
+            else:
+                acquired = bool(
+                    conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+                )
             conn.commit()
             try:
-                yield
+                yield acquired
             finally:
-                conn.execute(text("SELECT pg_advisory_unlock(727274)"))
-                conn.commit()
+                if acquired:
+                    try:
+                        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                        conn.commit()
+                    except DBAPIError:
+                        conn.invalidate()  # ending the session releases the lock
+        finally:
+            conn.close()
         return
     assert db.url.sqlite_path is not None
-    lock_path = db.url.sqlite_path.with_suffix(db.url.sqlite_path.suffix + ".migrate-lock")
+    lock_path = db.url.sqlite_path.with_suffix(db.url.sqlite_path.suffix + f".{name}-lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# Session-level advisory lock keys: migrations 727274, retention 727275, alert evaluator 727276.
+MIGRATION_LOCK_KEY = 727274
+
+
+@contextlib.contextmanager
+def migration_lock(db: Database) -> Iterator[None]:
+    """Serialise migrations between processes starting together."""
+    with cluster_lock(db, MIGRATION_LOCK_KEY, "migrate", wait=True):
+        yield
 
 
 def migrate(db: Database) -> str:

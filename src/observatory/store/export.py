@@ -25,7 +25,7 @@ from sqlalchemy import and_, select, tuple_
 
 from observatory.store.engine import Database
 from observatory.store.queries import Filters, _money, _span_conditions
-from observatory.store.schema import spans
+from observatory.store.schema import SPAN_COLUMNS, spans
 
 CHUNK_ROWS = 2000
 FORMATS = {
@@ -34,46 +34,11 @@ FORMATS = {
     "parquet": ("application/vnd.apache.parquet", "parquet"),
 }
 
-# The export columns, in the order of the API's span objects (store.queries.span_dict).
-COLUMNS: tuple[str, ...] = (
-    "trace_id",
-    "span_id",
-    "parent_span_id",
-    "name",
-    "kind",
-    "start_time_unix_nano",
-    "end_time_unix_nano",
-    "duration_ms",
-    "status_code",
-    "status_message",
-    "error",
-    "service_name",
-    "environment",
-    "scope_name",
-    "provider",
-    "operation",
-    "request_model",
-    "response_model",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "total_tokens",
-    "input_cost_usd",
-    "output_cost_usd",
-    "total_cost_usd",
-    "time_to_first_token_ms",
-    "finish_reason",
-    "session_id",
-    "user_id",
-    "prompt",
-    "completion",
-    "attributes",
-    "resource_attributes",
-    "events",
-    "links",
-)
+# The export columns, in the order of the API's span objects (store.queries.span_dict): the
+# stored span columns without project_id, and the derived ``error`` after ``status_message``.
+_STORED: tuple[str, ...] = tuple(c for c in SPAN_COLUMNS if c != "project_id")
+_ERROR_AT = _STORED.index("status_message") + 1
+COLUMNS: tuple[str, ...] = (*_STORED[:_ERROR_AT], "error", *_STORED[_ERROR_AT:])
 JSON_COLUMNS = frozenset(
     {"prompt", "completion", "attributes", "resource_attributes", "events", "links"}
 )
@@ -93,7 +58,6 @@ INT_COLUMNS = frozenset(
     }
 )
 FLOAT_COLUMNS = frozenset({"duration_ms", "time_to_first_token_ms"})
-_STORED = [c for c in COLUMNS if c != "error"]
 _SELECT = [spans.c.span_rowid, *(spans.c[c] for c in _STORED)]
 
 

@@ -24,7 +24,6 @@ refuses DELETE unless the transaction set ``observatory.audit_retention`` to ``o
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib
 import logging
 import re
@@ -48,10 +47,10 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import OperationalError
 
 from observatory.store import admin, partitions
-from observatory.store.engine import Database
+from observatory.store.engine import Database, cluster_lock
 from observatory.store.schema import audit_log, projects, rollups_1m, rollups_1m_latency, spans
 from observatory.store.schema import traces as traces_table
 
@@ -379,43 +378,10 @@ def _logs_support(tables: Mapping[str, Table]) -> _LogsSupport | None:
 def retention_lock(db: Database) -> Iterator[bool]:
     """Try to become the one retention runner: yields True when this caller holds the lock.
 
-    PostgreSQL: a session-level ``pg_try_advisory_lock`` on a dedicated connection, held for the
-    whole run (it goes away with the session if the process dies). SQLite: an exclusive ``flock``
-    on a file beside the database.
+    See ``cluster_lock``: held for the whole run.
     """
-    if db.is_postgres:
-        conn = db.engine.connect()
-        try:
-            acquired = bool(
-                conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": PG_LOCK_KEY}).scalar()
-            )
-            conn.commit()
-            try:
-                yield acquired
-            finally:
-                if acquired:
-                    try:
-                        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PG_LOCK_KEY})
-                        conn.commit()
-                    except DBAPIError:
-                        # Ending the session releases the lock.
-                        conn.invalidate()
-        finally:
-            conn.close()
-        return
-    assert db.url.sqlite_path is not None
-    lock_path = db.url.sqlite_path.with_suffix(db.url.sqlite_path.suffix + ".retention-lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with cluster_lock(db, PG_LOCK_KEY, "retention") as acquired:
+        yield acquired
 
 
 # --- deleting ----------------------------------------------------------------------------------

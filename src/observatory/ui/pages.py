@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -66,12 +67,7 @@ def overview(request: Request) -> Response:
     errors: list[str] = []
     tr = params.time_range(request.query_params, errors)
     win = params.window(request.query_params, tr)
-    f = Filters(
-        start_time=tr.start_ns,
-        end_time=tr.end_ns,
-        environment=win.environment,
-        service=win.service,
-    )
+    f = params.window_filters(win)
     bucket = tr.bucket
     end_ns = tr.effective_end_ns
     minute = end_ns // 60_000_000_000
@@ -248,19 +244,31 @@ def span_panel(request: Request, trace_id: str, span_id: str) -> Response:
 # --- sessions and users -------------------------------------------------------------------------
 
 
-@router.get("/sessions")
-def sessions_page(request: Request) -> Response:
-    session = current_session(request)
+def _grouped_list(
+    request: Request,
+    session: UiSession,
+    query: Callable[..., list[dict[str, Any]]],
+    sorts: tuple[str, ...],
+    default_sort: str,
+    *,
+    user_filter: bool = False,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One page of the sessions or users list: the template context and every row read.
+
+    ``query`` is ``ui_queries.list_sessions`` or ``list_users``; ``user_filter`` honours a
+    ``user_id`` parameter. One row more than a page is read to know whether there is a next page.
+    """
     qp = request.query_params
     errors: list[str] = []
     tr = params.time_range(qp, errors, default="7d")
     win = params.window(qp, tr)
-    win.user_id = qp.get("user_id", "").strip()[:512] or None
-    sort = qp.get("sort", "last_seen")
-    sort = sort if sort in ui_queries.SESSION_SORTS else "last_seen"
+    if user_filter:
+        win.user_id = qp.get("user_id", "").strip()[:512] or None
+    sort = qp.get("sort", default_sort)
+    sort = sort if sort in sorts else default_sort
     number = params.page_number(qp)
     with state(request).db.read() as conn:
-        rows = ui_queries.list_sessions(
+        rows = query(
             conn,
             session.project_id,
             win,
@@ -269,23 +277,33 @@ def sessions_page(request: Request) -> Response:
             offset=(number - 1) * LIST_PAGE,
         )
         options = _options(conn, session.project_id, "environment", "service")
-    return page(
+    context = {
+        "errors": errors,
+        "tr": tr,
+        "win": win,
+        "options": options,
+        "rows": rows[:LIST_PAGE],
+        "more": len(rows) > LIST_PAGE,
+        "page_number": number,
+        "sort": sort,
+        "custom_value": params.custom_input_value,
+    }
+    return context, rows
+
+
+@router.get("/sessions")
+def sessions_page(request: Request) -> Response:
+    session = current_session(request)
+    context, _ = _grouped_list(
         request,
         session,
-        "sessions.html",
-        {
-            "nav": "sessions",
-            "title": "Sessions",
-            "errors": errors,
-            "tr": tr,
-            "win": win,
-            "options": options,
-            "rows": rows[:LIST_PAGE],
-            "more": len(rows) > LIST_PAGE,
-            "page_number": number,
-            "sort": sort,
-            "custom_value": params.custom_input_value,
-        },
+        ui_queries.list_sessions,
+        ui_queries.SESSION_SORTS,
+        "last_seen",
+        user_filter=True,
+    )
+    return page(
+        request, session, "sessions.html", {"nav": "sessions", "title": "Sessions", **context}
     )
 
 
@@ -337,42 +355,15 @@ def session_page(request: Request, session_id: str) -> Response:
 @router.get("/users")
 def users_page(request: Request) -> Response:
     session = current_session(request)
-    qp = request.query_params
-    errors: list[str] = []
-    tr = params.time_range(qp, errors, default="7d")
-    win = params.window(qp, tr)
-    sort = qp.get("sort", "cost")
-    sort = sort if sort in ui_queries.USER_SORTS else "cost"
-    number = params.page_number(qp)
-    with state(request).db.read() as conn:
-        rows = ui_queries.list_users(
-            conn,
-            session.project_id,
-            win,
-            sort=sort,
-            limit=LIST_PAGE + 1,
-            offset=(number - 1) * LIST_PAGE,
-        )
-        options = _options(conn, session.project_id, "environment", "service")
+    context, rows = _grouped_list(
+        request, session, ui_queries.list_users, ui_queries.USER_SORTS, "cost"
+    )
     top_cost = max((r["total_cost_usd"] for r in rows), default=Decimal(0)) or Decimal(1)
     return page(
         request,
         session,
         "users.html",
-        {
-            "nav": "users",
-            "title": "Users",
-            "errors": errors,
-            "tr": tr,
-            "win": win,
-            "options": options,
-            "rows": rows[:LIST_PAGE],
-            "more": len(rows) > LIST_PAGE,
-            "page_number": number,
-            "sort": sort,
-            "top_cost": top_cost,
-            "custom_value": params.custom_input_value,
-        },
+        {"nav": "users", "title": "Users", **context, "top_cost": top_cost},
     )
 
 
@@ -387,13 +378,7 @@ def user_page(request: Request, user_id: str) -> Response:
     tr = params.time_range(qp, errors, default="30d")
     win = params.window(qp, tr)
     win.user_id = user_id
-    f = Filters(
-        start_time=tr.start_ns,
-        end_time=tr.end_ns,
-        user_id=user_id,
-        environment=win.environment,
-        service=win.service,
-    )
+    f = params.window_filters(win)
     with state(request).db.read() as conn:
         summary = ui_queries.list_users(conn, session.project_id, win, limit=1)
         models = queries.analytics(conn, session.project_id, f, group_by="model")
@@ -458,12 +443,7 @@ def models_page(request: Request) -> Response:
     errors: list[str] = []
     tr = params.time_range(qp, errors, default="7d")
     win = params.window(qp, tr)
-    f = Filters(
-        start_time=tr.start_ns,
-        end_time=tr.end_ns,
-        environment=win.environment,
-        service=win.service,
-    )
+    f = params.window_filters(win)
     with state(request).db.read() as conn:
         rows = ui_queries.model_usage(conn, session.project_id, win)
         custom = admin.list_prices(conn, session.project_id)

@@ -157,6 +157,17 @@ def window(params: QueryParams, tr: TimeRange) -> Window:
     )
 
 
+def window_filters(win: Window) -> Filters:
+    """The query filters of a window, for the pages that use the trace and analytics queries."""
+    return Filters(
+        start_time=win.start_time,
+        end_time=win.end_time,
+        environment=win.environment,
+        service=win.service,
+        user_id=win.user_id,
+    )
+
+
 def page_number(params: QueryParams) -> int:
     try:
         return max(1, min(int(params.get("page", "1")), 10_000))

@@ -138,31 +138,28 @@ def install_ui(app: FastAPI) -> None:
             return Response(status_code=401, headers={"HX-Redirect": location})
         return RedirectResponse(location, status_code=303)
 
-    @app.exception_handler(Forbidden)
-    async def forbidden(request: Request, exc: Forbidden) -> Response:
+    def refused(request: Request, title: str, message: str) -> Response:
         session = getattr(request.state, "ui_session", None)
         return pages.renderer(request).render(
             request,
             "error.html",
-            {
-                "session": session,
-                "title": "Admin only",
-                "message": "Settings need an admin key. You are signed in with a read key.",
-            },
+            {"session": session, "title": title, "message": message},
             status_code=403,
+        )
+
+    @app.exception_handler(Forbidden)
+    async def forbidden(request: Request, exc: Forbidden) -> Response:
+        return refused(
+            request,
+            "Admin only",
+            "Settings need an admin key. You are signed in with a read key.",
         )
 
     @app.exception_handler(CsrfFailed)
     async def csrf_failed(request: Request, exc: CsrfFailed) -> Response:
-        session = getattr(request.state, "ui_session", None)
-        return pages.renderer(request).render(
+        return refused(
             request,
-            "error.html",
-            {
-                "session": session,
-                "title": "Form expired",
-                "message": "This form was not accepted: it expired or came from another site. "
-                "Go back, reload the page and try again.",
-            },
-            status_code=403,
+            "Form expired",
+            "This form was not accepted: it expired or came from another site. "
+            "Go back, reload the page and try again.",
         )
