@@ -239,11 +239,12 @@ class Bench:
         servers: int = 1,
         workers: int = 1,
         duration_s: float | None = None,
+        env: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Start the server(s), drive load, sample memory, verify every acked span."""
         workload = self.workload
         with observatory_servers(
-            servers, self.suite_dir(name), database_url, self.admin_key, workers=workers
+            servers, self.suite_dir(name), database_url, self.admin_key, workers=workers, env=env
         ) as procs:
             sampler = ResourceSampler([s.pid for s in procs]).start()
             config = self.driver_config([s.base_url for s in procs], duration_s)
@@ -267,6 +268,7 @@ class Bench:
             "database": "postgresql" if database_url.startswith("postgres") else "sqlite",
             "servers": servers,
             "workers_per_server": workers,
+            "env": env or {},
             "exporters": config.exporters,
             "gzip": config.gzip,
             "spans_per_request": self.opts.spans_per_request,
@@ -319,6 +321,19 @@ class Bench:
         out["ratio_two_processes"] = round(out["two_processes"]["driver"]["spans_per_s"] / one, 2)
         out["ratio_two_workers"] = round(
             out["one_server_two_workers"]["driver"]["spans_per_s"] / one, 2
+        )
+        # One server process already keeps both cores of this machine busy (its ingest worker
+        # processes); whether ingest scales across server processes shows with one core each.
+        single = {"OBSERVATORY_INGEST_PROCESSES": "0"}
+        with self.pg("obs_bench_scale1c") as url:
+            out["one_process_one_core"] = self.ingest(url, "scaling-1proc-1core", env=single)
+        with self.pg("obs_bench_scale2c") as url:
+            out["two_processes_one_core"] = self.ingest(
+                url, "scaling-2proc-1core", servers=2, env=single
+            )
+        one_core = out["one_process_one_core"]["driver"]["spans_per_s"] or 1e-9
+        out["ratio_two_processes_one_core"] = round(
+            out["two_processes_one_core"]["driver"]["spans_per_s"] / one_core, 2
         )
         self.results["scaling"] = out
 

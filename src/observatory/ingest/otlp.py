@@ -41,6 +41,8 @@ class DecodedBatch:
     spans: list[Span] = field(default_factory=list)
     rejected: int = 0
     errors: list[str] = field(default_factory=list)
+    # A protobuf bytes value was stored as base64 text, which is not in the body as such.
+    has_bytes: bool = False
 
     def reject(self, message: str) -> None:
         self.rejected += 1
@@ -62,7 +64,7 @@ class DecodedBatch:
 # --- protobuf -----------------------------------------------------------------------------------
 
 
-def _pb_value(value: Any) -> Any:
+def _pb_value(value: Any, batch: DecodedBatch | None = None) -> Any:
     kind = value.WhichOneof("value")
     if kind == "string_value":
         return value.string_value
@@ -73,16 +75,29 @@ def _pb_value(value: Any) -> Any:
     if kind == "bool_value":
         return value.bool_value
     if kind == "array_value":
-        return [_pb_value(v) for v in value.array_value.values]
+        return [_pb_value(v, batch) for v in value.array_value.values]
     if kind == "kvlist_value":
-        return {kv.key: _pb_value(kv.value) for kv in value.kvlist_value.values}
+        return {kv.key: _pb_value(kv.value, batch) for kv in value.kvlist_value.values}
     if kind == "bytes_value":
+        if batch is not None:
+            batch.has_bytes = True
         return base64.b64encode(value.bytes_value).decode("ascii")
     return None
 
 
-def _pb_attributes(attributes: Iterable[Any]) -> dict[str, Any]:
-    return {kv.key: _pb_value(kv.value) for kv in attributes}
+def _pb_attributes(attributes: Iterable[Any], batch: DecodedBatch | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kv in attributes:
+        value = kv.value
+        kind = value.WhichOneof("value")
+        # Strings and integers, nearly every attribute, without a call.
+        if kind == "string_value":
+            out[kv.key] = value.string_value
+        elif kind == "int_value":
+            out[kv.key] = value.int_value
+        else:
+            out[kv.key] = _pb_value(value, batch)
+    return out
 
 
 def decode_protobuf(body: bytes) -> DecodedBatch:
@@ -96,7 +111,7 @@ def decode_protobuf(body: bytes) -> DecodedBatch:
         ) from exc
     batch = DecodedBatch()
     for resource_spans in request.resource_spans:
-        resource = _pb_attributes(resource_spans.resource.attributes)
+        resource = _pb_attributes(resource_spans.resource.attributes, batch)
         for scope_spans in resource_spans.scope_spans:
             scope_name = scope_spans.scope.name or None
             scope_version = scope_spans.scope.version or None
@@ -121,13 +136,13 @@ def decode_protobuf(body: bytes) -> DecodedBatch:
                         end_time_unix_nano=max(pb.end_time_unix_nano, pb.start_time_unix_nano),
                         status_code=pb.status.code,
                         status_message=pb.status.message or None,
-                        attributes=_pb_attributes(pb.attributes),
+                        attributes=_pb_attributes(pb.attributes, batch),
                         resource_attributes=resource,
                         events=[
                             {
                                 "time_unix_nano": ev.time_unix_nano,
                                 "name": ev.name,
-                                "attributes": _pb_attributes(ev.attributes),
+                                "attributes": _pb_attributes(ev.attributes, batch),
                             }
                             for ev in pb.events
                         ],
@@ -135,7 +150,7 @@ def decode_protobuf(body: bytes) -> DecodedBatch:
                             {
                                 "trace_id": link.trace_id.hex(),
                                 "span_id": link.span_id.hex(),
-                                "attributes": _pb_attributes(link.attributes),
+                                "attributes": _pb_attributes(link.attributes, batch),
                             }
                             for link in pb.links
                         ],

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from observatory import metrics
 from observatory.ingest import otlp
@@ -15,7 +16,7 @@ from observatory.ingest.pricing import compute_cost
 from observatory.ingest.redact import Redactor
 from observatory.ingest.sampling import SamplingPolicy, decide
 from observatory.model import ModelPrice, Span
-from observatory.store.writes import Row, span_to_row
+from observatory.store.writes import Aggregates, aggregate, encode_rows, span_to_row
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -25,12 +26,24 @@ class BodyTooLarge(ValueError):
     """The (decompressed) body is larger than the configured limit."""
 
 
-@dataclass
+# What the usage metrics need of an LLM span: provider, model, error, duration in seconds,
+# input, output, cache-read, cache-write and reasoning tokens, and the cost in USD (or None).
+LlmStat = tuple[str | None, str | None, bool, float, int, int, int, int, int, float | None]
+
+
+@dataclass(slots=True)
 class Prepared:
-    spans: list[Span] = field(default_factory=list)
-    rows: list[Row] = field(default_factory=list)
+    """One request, ready for the writer. Small enough to come back from a worker process."""
+
+    # Row tuples (``span_to_row``), or ``Encoded`` COPY lines when prepared for PostgreSQL.
+    rows: Sequence[Any] = field(default_factory=list)
+    # The rollup and trace increments of ``rows``; None when not computed.
+    aggregates: Aggregates | None = None
+    # Per row: the LLM usage to count once the row is committed (None for other spans).
+    llm: list[LlmStat | None] = field(default_factory=list)
     rejected: int = 0
     message: str = ""
+    unknown_price: int = 0  # LLM spans with usage but no known price
 
 
 def media_type(content_type: str | None) -> str | None:
@@ -74,9 +87,20 @@ class TooManySpans(ValueError):
     """More spans in one request than ``max_spans_per_request`` allows (answered 413)."""
 
 
-def prepare(body: bytes, kind: str, project_id: int, policy: Policy | None = None) -> Prepared:
+def prepare(
+    body: bytes,
+    kind: str,
+    project_id: int,
+    policy: Policy | None = None,
+    *,
+    encode: bool = False,
+    aggregates: bool = False,
+) -> Prepared:
     """Decode, bound, normalise, price, redact and sample one export request.
 
+    ``encode`` returns PostgreSQL COPY lines instead of row tuples; ``aggregates`` also computes
+    the rollup and trace increments (both are what the ingest worker processes do, so that the
+    writer thread has little left to do). Pure: no I/O and no metrics, so it can run anywhere.
     Raises ``OtlpDecodeError`` for bodies that cannot be decoded and ``TooManySpans``.
     """
     policy = policy or Policy()
@@ -100,25 +124,50 @@ def prepare(body: bytes, kind: str, project_id: int, policy: Policy | None = Non
         normalize(span)
         accepted.append(span)
     inherit_trace_context(accepted)
-    unknown_price = 0
+    redactor = policy.redactor if policy.redactor is not None and policy.redactor.active else None
+    screen = None
+    if redactor is not None and redactor.screens_serialized:
+        # Redacted while the rows are built, unless no string in this request can match.
+        if not redactor.clean_body(body, has_bytes=batch.has_bytes):
+            screen = redactor
+        redactor = None
     for span in accepted:
         if span.is_llm:
             span.cost = compute_cost(
                 span.provider, span.model, span.usage, span.start_time_unix_nano, policy.prices
             )
             if span.cost is None and (span.usage.input_tokens or span.usage.output_tokens):
-                unknown_price += 1
-        if policy.redactor is not None and policy.redactor.active:
-            policy.redactor.apply(span)
+                out.unknown_price += 1
+        if redactor is not None:
+            redactor.apply(span)
     keep = (
         decide(accepted, policy.sampling) if policy.sampling is not None else [True] * len(accepted)
     )
-    for span, kept in zip(accepted, keep, strict=True):
-        out.spans.append(span)
-        out.rows.append(span_to_row(project_id, span, kept))
-    if unknown_price:
-        metrics.unknown_model_price_total.inc(unknown_price)
+    rows = [
+        span_to_row(project_id, span, kept, screen)
+        for span, kept in zip(accepted, keep, strict=True)
+    ]
+    out.llm = [_llm_stat(span) if span.is_llm else None for span in accepted]
+    if aggregates:
+        out.aggregates = aggregate(rows)
+    out.rows = encode_rows(rows) if encode else rows
     return out
+
+
+def _llm_stat(span: Span) -> LlmStat:
+    usage = span.usage
+    return (
+        span.provider,
+        span.model,
+        span.is_error,
+        span.duration_ms / 1000,
+        usage.input_tokens or 0,
+        usage.output_tokens or 0,
+        usage.cache_read_tokens or 0,
+        usage.cache_write_tokens or 0,
+        usage.reasoning_tokens or 0,
+        float(span.cost.total_usd) if span.cost is not None else None,
+    )
 
 
 def inherit_trace_context(spans: Sequence[Span]) -> None:
@@ -141,26 +190,36 @@ def inherit_trace_context(spans: Sequence[Span]) -> None:
             span.environment = span.environment or inherited[2]
 
 
-def count_llm_metrics(spans: Sequence[Span]) -> None:
-    """Update the LLM usage counters for spans that were committed."""
-    for span in spans:
-        if not span.is_llm:
+_TOKEN_KINDS = ("input", "output", "cache_read", "cache_write", "reasoning")
+
+
+def count_llm_metrics(stats: Sequence[LlmStat | None], skip: Collection[int] = ()) -> None:
+    """Update the LLM usage counters for committed rows (``skip``: indexes that were not)."""
+    totals: dict[tuple[str, str], list[Any]] = {}
+    for index, stat in enumerate(stats):
+        if stat is None or (skip and index in skip):
             continue
-        provider, model = metrics.model_labels(span.provider, span.model)
-        metrics.llm_requests_total.labels(provider, model).inc()
-        if span.is_error:
-            metrics.llm_errors_total.labels(provider, model).inc()
+        labels = metrics.model_labels(stat[0], stat[1])
+        acc = totals.get(labels)
+        if acc is None:
+            acc = totals[labels] = [0, 0, [], 0, 0, 0, 0, 0, 0.0, False]
+        acc[0] += 1
+        acc[1] += stat[2]
+        acc[2].append(stat[3])
+        for i in range(5):
+            acc[3 + i] += stat[4 + i]
+        if stat[9] is not None:
+            acc[8] += stat[9]
+            acc[9] = True
+    for (provider, model), acc in totals.items():
+        metrics.llm_requests_total.labels(provider, model).inc(acc[0])
+        if acc[1]:
+            metrics.llm_errors_total.labels(provider, model).inc(acc[1])
         duration = metrics.llm_request_duration_seconds.labels(provider, model)
-        duration.observe(span.duration_ms / 1000)
-        usage = span.usage
-        for kind, value in (
-            ("input", usage.input_tokens),
-            ("output", usage.output_tokens),
-            ("cache_read", usage.cache_read_tokens),
-            ("cache_write", usage.cache_write_tokens),
-            ("reasoning", usage.reasoning_tokens),
-        ):
-            if value:
-                metrics.llm_tokens_total.labels(provider, model, kind).inc(value)
-        if span.cost is not None:
-            metrics.llm_cost_usd_total.labels(provider, model).inc(float(span.cost.total_usd))
+        for seconds in acc[2]:
+            duration.observe(seconds)
+        for i, kind in enumerate(_TOKEN_KINDS):
+            if acc[3 + i]:
+                metrics.llm_tokens_total.labels(provider, model, kind).inc(acc[3 + i])
+        if acc[9]:
+            metrics.llm_cost_usd_total.labels(provider, model).inc(acc[8])

@@ -16,6 +16,7 @@ resource, event and link attribute, and the span's name and status message.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -23,6 +24,8 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import ahocorasick_rs
 
 from observatory import semconv
 from observatory.model import Span
@@ -66,11 +69,33 @@ TRIGGERS: dict[str, tuple[str, ...]] = {
     "private_key": ("PRIVATE KEY-----",),
     "jwt": ("eyJ",),
     "bearer_token": ("earer", "EARER"),
-    "api_key": ("sk-", "sk_live_", "rk_live_", "AKIA", "gh", "github_pat_", "AIza", "xox", "obs_"),
+    "api_key": (
+        "sk-",
+        "k_live_",
+        "AKIA",
+        "ghp_",
+        "gho_",
+        "ghu_",
+        "ghs_",
+        "ghr_",
+        "github_pat_",
+        "AIza",
+        "xox",
+        "obs_",
+    ),
     "email": ("@",),
 }
 # Detectors whose matches are checked further before they count.
 _VALIDATORS: dict[str, Callable[[str], bool]] = {}
+
+
+# A JSON \\u escape; "\\u" alone also occurs by chance in the binary ids of protobuf bodies.
+_JSON_ESCAPE = re.compile(rb"\\u[0-9A-Fa-f]{4}")
+
+
+@functools.lru_cache(maxsize=32)
+def _trigger_scanner(triggers: tuple[str, ...]) -> ahocorasick_rs.BytesAhoCorasick:
+    return ahocorasick_rs.BytesAhoCorasick([t.encode() for t in triggers])
 
 
 def luhn_ok(text: str) -> bool:
@@ -150,12 +175,57 @@ class Redactor:
             return f"[{name.upper()}:{digest}]"
         return f"[REDACTED:{name.upper()}]"
 
+    @property
+    def screens_serialized(self) -> bool:
+        """Whether :meth:`serialized` may stand in for :meth:`apply`: masking or hashing with
+        detectors that all have literal triggers, and content kept."""
+        return (
+            self.pattern is not None
+            and self._triggers is not None
+            and self.action != "drop"
+            and self.store_content
+        )
+
     def text(self, value: str) -> str:
         if self.pattern is None or not value:
             return value
         if self._triggers is not None and not any(t in value for t in self._triggers):
             return value
         return self.pattern.sub(self._replace, value)
+
+    def clean_body(self, body: bytes, *, has_bytes: bool) -> bool:
+        """Whether no detector can match anything decoded from this request body.
+
+        Every string of an OTLP request is in its body as UTF-8 (protobuf) or JSON text, so a
+        body without any trigger holds no string a detector could match: one scan of the body
+        then replaces a scan per span. Not when a string might be hidden from the scan: JSON
+        ``\\u`` escapes (also inside JSON-encoded attribute values such as message lists)
+        and protobuf bytes values (stored as base64 text).
+        """
+        if self._triggers is None or has_bytes or _JSON_ESCAPE.search(body):
+            return False
+        return not _trigger_scanner(self._triggers).find_matches_as_indexes(body)
+
+    def fires(self, value: str) -> bool:
+        """Whether a detector may match in ``value`` (a trigger occurs, or there are none)."""
+        if self.pattern is None:
+            return False
+        if self._triggers is None:
+            return True
+        return bool(_trigger_scanner(self._triggers).find_matches_as_indexes(value.encode()))
+
+    def serialized(self, value: Any, encoded: bytes, dumps: Callable[[Any], bytes]) -> bytes:
+        """``encoded`` is ``dumps(value)``; return the encoding of the redacted value.
+
+        When no trigger occurs anywhere in the encoded bytes (keys included), no detector can
+        match any string in ``value`` and the bytes are returned as they are: one multi-pattern
+        scan instead of a search per string. JSON escaping cannot hide a trigger, as triggers
+        hold no character that JSON escapes. Only for :attr:`screens_serialized` redactors.
+        """
+        assert self._triggers is not None
+        if not _trigger_scanner(self._triggers).find_matches_as_indexes(encoded):
+            return encoded
+        return dumps(self.value(value))
 
     def value(self, value: Any) -> Any:
         if isinstance(value, str):

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 from sqlalchemy.exc import DBAPIError
@@ -30,7 +31,7 @@ from sqlalchemy.exc import OperationalError as SAOperationalError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from observatory import metrics
-from observatory.store.writes import Row, SpanStore
+from observatory.store.writes import Aggregates, EncodedRows, SpanStore
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +54,37 @@ class WriteResult:
 
 @dataclass
 class _Pending:
-    rows: Sequence[Row]
+    rows: Sequence[Any]
+    aggregates: Aggregates | None
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[WriteResult]
     enqueued_at: float = field(default_factory=time.monotonic)
 
 
-def _stored(rows: Sequence[Row]) -> int:
+def _merged(batch: Sequence[_Pending]) -> Aggregates | None:
+    """The aggregates of a whole batch, or None unless every request brought its own."""
+    if any(p.aggregates is None for p in batch):
+        return None
+    if len(batch) == 1:
+        return batch[0].aggregates
+    merged = Aggregates()
+    for p in batch:
+        assert p.aggregates is not None
+        merged.merge(p.aggregates)
+    return merged
+
+
+def _stored(rows: Sequence[Any]) -> int:
     """Rows meant for the spans table (the last element of a row is its "keep" flag)."""
+    if isinstance(rows, EncodedRows):
+        return rows.stored
     return sum(1 for row in rows if row[-1])
+
+
+def _concat(parts: list[Sequence[Any]]) -> Sequence[Any]:
+    if all(isinstance(part, EncodedRows) for part in parts):
+        return EncodedRows.concat(parts)  # type: ignore[arg-type]
+    return [row for part in parts for row in part]
 
 
 def is_connectivity_error(exc: BaseException) -> bool:
@@ -139,8 +162,10 @@ class GroupCommitWriter:
 
     # --- submission ------------------------------------------------------------------------------
 
-    async def submit(self, rows: Sequence[Row], timeout: float) -> WriteResult:
-        """Queue rows and wait until they are committed."""
+    async def submit(
+        self, rows: Sequence[Any], timeout: float, aggregates: Aggregates | None = None
+    ) -> WriteResult:
+        """Queue rows (with their aggregates, if computed) and wait until they are committed."""
         if not rows:
             return WriteResult()
         if not self._accepting:
@@ -153,7 +178,7 @@ class GroupCommitWriter:
             self._pending_spans += len(rows)
             metrics.writer_queue_depth.set(self._pending_spans)
         loop = asyncio.get_running_loop()
-        pending = _Pending(rows, loop, loop.create_future())
+        pending = _Pending(rows, aggregates, loop, loop.create_future())
         self._queue.put(pending)
         # The write may still commit after a timeout; a retry of the same spans is idempotent.
         return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
@@ -213,11 +238,11 @@ class GroupCommitWriter:
         with contextlib.suppress(RuntimeError):
             pending.loop.call_soon_threadsafe(resolve)
 
-    def _write(self, rows: Sequence[Row]) -> int:
+    def _write(self, rows: Sequence[Any], aggregates: Aggregates | None = None) -> int:
         if self._store is None:
             self._store = self._store_factory()
         started = time.perf_counter()
-        inserted = self._store.write(rows)
+        inserted = self._store.write(rows, aggregates)
         elapsed = time.perf_counter() - started
         metrics.writer_batch_commit_seconds.observe(elapsed)
         metrics.db_query_duration_seconds.labels("ingest_commit").observe(elapsed)
@@ -244,9 +269,9 @@ class GroupCommitWriter:
         metrics.db_up.set(1)
 
     def _commit(self, batch: list[_Pending]) -> None:
-        rows = [row for p in batch for row in p.rows]
+        rows = _concat([p.rows for p in batch])
         try:
-            inserted = self._write(rows)
+            inserted = self._write(rows, _merged(batch))
         except Exception as exc:
             if is_connectivity_error(exc):
                 log.warning("database write failed, answering 503: %s", exc.__class__.__name__)
@@ -274,7 +299,7 @@ class GroupCommitWriter:
 
     def _commit_alone(self, pending: _Pending) -> None:
         try:
-            inserted = self._write(pending.rows)
+            inserted = self._write(pending.rows, pending.aggregates)
         except Exception as exc:
             if is_connectivity_error(exc):
                 self._mark_down(exc)
@@ -286,7 +311,7 @@ class GroupCommitWriter:
         self._finish(pending, WriteResult())
 
     def _commit_each(
-        self, rows: Sequence[Row], first_error: BaseException
+        self, rows: Sequence[Any], first_error: BaseException
     ) -> WriteResult | BaseException:
         inserted = 0
         rejected: list[int] = []

@@ -1,0 +1,159 @@
+"""Ingest worker processes: decoding and normalising OTLP exports on every core.
+
+Turning an export request into rows (protobuf decoding, normalisation, pricing, redaction, JSON
+and COPY encoding, rollup aggregation) is pure Python work that holds the GIL, so in one process
+it runs on one core however many threads it has. :class:`PreparePool` runs
+:func:`pipeline.prepare` in a pool of worker processes instead: the server process keeps the
+sockets, authentication and the group-commit writer, and sends each request body to a worker,
+which sends back the encoded rows, their aggregates and the usage numbers for the metrics.
+
+A worker that dies (killed, out of memory) breaks the pool: the request in flight is answered
+503 with Retry-After (its spans were not stored, so the client's retry loses nothing) and a new
+pool is started for the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from starlette.concurrency import run_in_threadpool
+
+from observatory.ingest.pipeline import Policy, Prepared, prepare
+
+log = logging.getLogger(__name__)
+
+MAX_AUTO_PROCESSES = 8
+
+
+class WorkersUnavailable(Exception):
+    """A worker process died while preparing this request; the client should retry."""
+
+
+def resolve_processes(configured: int) -> int:
+    """-1 → one per CPU this process may use (at most MAX_AUTO_PROCESSES); otherwise as given."""
+    if configured >= 0:
+        return configured
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_AUTO_PROCESSES))
+
+
+def _init_worker() -> None:
+    # Ctrl-C in a terminal reaches the whole process group: the server shuts the pool down
+    # itself after draining, so a worker must not die of the same SIGINT mid-request.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _warm_up() -> int:
+    """Run in each new worker so that the imports happen before the first request."""
+    return os.getpid()
+
+
+class PreparePool:
+    """Runs :func:`pipeline.prepare` in worker processes (or in threads when ``processes`` is 0).
+
+    ``encode`` and ``aggregates`` are passed on to :func:`prepare`: the PostgreSQL writer wants
+    COPY lines and both want the aggregates, computed where the CPU is plentiful.
+    """
+
+    def __init__(self, processes: int, *, encode: bool, aggregates: bool = True) -> None:
+        self.processes = processes
+        self.encode = encode
+        self.aggregates = aggregates
+        self._executor: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        if self.processes <= 0:
+            return
+        with self._lock:
+            if self._executor is not None:
+                return
+            try:
+                self._executor = self._new_executor()
+            except OSError as exc:
+                # Process pools need POSIX semaphores (a writable /dev/shm); without them ingest
+                # still works, on one core.
+                log.warning(
+                    "cannot start ingest worker processes (%s: %s); decoding in threads instead",
+                    exc.__class__.__name__,
+                    exc,
+                )
+                self.processes = 0
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        # "spawn": the server process has threads (writer, event loop) that fork would copy in
+        # an undefined state.
+        executor = ProcessPoolExecutor(
+            max_workers=self.processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+        )
+        # Start every worker now rather than on the first requests.
+        for future in [executor.submit(_warm_up) for _ in range(self.processes)]:
+            future.result(timeout=120)
+        log.info("started %d ingest worker processes", self.processes)
+        return executor
+
+    async def prepare(self, body: bytes, kind: str, project_id: int, policy: Policy) -> Prepared:
+        executor = self._executor
+        if executor is None:
+            return await run_in_threadpool(
+                prepare,
+                body,
+                kind,
+                project_id,
+                policy,
+                encode=self.encode,
+                aggregates=self.aggregates,
+            )
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                executor,
+                _prepare_in_worker,
+                body,
+                kind,
+                project_id,
+                policy,
+                self.encode,
+                self.aggregates,
+            )
+        except BrokenProcessPool as exc:
+            log.error("an ingest worker process died; starting new ones")
+            await asyncio.to_thread(self._replace, executor)
+            raise WorkersUnavailable("an ingest worker process failed; retry") from exc
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._executor is not broken:
+                return  # another request already replaced it
+            broken.shutdown(wait=False, cancel_futures=True)
+            self._executor = self._new_executor()
+
+    def worker_pids(self) -> list[int]:
+        executor = self._executor
+        if executor is None:
+            return []
+        return [p.pid for p in getattr(executor, "_processes", {}).values() if p.pid]
+
+    def stop(self) -> None:
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=False)
+
+
+def _prepare_in_worker(
+    body: bytes, kind: str, project_id: int, policy: Policy, encode: bool, aggregates: bool
+) -> Prepared:
+    return prepare(body, kind, project_id, policy, encode=encode, aggregates=aggregates)
