@@ -76,39 +76,29 @@ def span_to_row(
     """
     usage = span.usage
     cost = span.cost
+    values = (
+        span.prompt,
+        span.completion,
+        span.attributes,
+        span.resource_attributes,
+        span.events,
+        span.links,
+    )
     if screen is None:
-        json_values = [
-            None if v is None else _dumps(v).decode()
-            for v in (
-                span.prompt,
-                span.completion,
-                span.attributes,
-                span.resource_attributes,
-                span.events,
-                span.links,
-            )
-        ]
-        name, status_message = span.name, span.status_message
-        session_id, user_id = span.session_id, span.user_id
+        json_values = [None if v is None else _dumps(v).decode() for v in values]
     else:
         json_values = [
-            None if v is None else screen.serialized(v, _dumps(v), _dumps).decode()
-            for v in (
-                span.prompt,
-                span.completion,
-                span.attributes,
-                span.resource_attributes,
-                span.events,
-                span.links,
-            )
+            None if v is None else screen.serialized(v, _dumps(v), _dumps).decode() for v in values
         ]
-        name, status_message = span.name, span.status_message
-        session_id, user_id = span.session_id, span.user_id
-        if screen.fires(f"{name}\x00{status_message}\x00{session_id}\x00{user_id}"):
-            name = screen.text(name)
-            status_message = screen.text(status_message) if status_message else None
-            session_id = screen.text(session_id) if session_id else session_id
-            user_id = screen.text(user_id) if user_id else user_id
+    name, status_message = span.name, span.status_message
+    session_id, user_id = span.session_id, span.user_id
+    if screen is not None and screen.fires(
+        f"{name}\x00{status_message}\x00{session_id}\x00{user_id}"
+    ):
+        name = screen.text(name)
+        status_message = screen.text(status_message) if status_message else None
+        session_id = screen.text(session_id) if session_id else session_id
+        user_id = screen.text(user_id) if user_id else user_id
     return (
         project_id,
         span.trace_id,
