@@ -150,7 +150,8 @@ REGISTRY: tuple[Setting, ...] = (
         -1,
         _parse_int,
         "Worker processes that decode, normalise, price and redact OTLP trace exports, so "
-        "ingest uses every core; -1 picks one per CPU (at most 8), 0 decodes in threads of "
+        "ingest uses every core; -1 picks one per CPU the process may use (its CPU affinity and "
+        "cgroup quota, at most 8), 0 decodes in threads of "
         "the server process itself.",
         minimum=-1,
     ),

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import multiprocessing
 import os
 import signal
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
 
@@ -37,14 +39,36 @@ class WorkersUnavailable(Exception):
 
 
 def resolve_processes(configured: int) -> int:
-    """-1 → one per CPU this process may use (at most MAX_AUTO_PROCESSES); otherwise as given."""
+    """-1 → one per CPU this process may use (at most MAX_AUTO_PROCESSES); otherwise as given.
+
+    "May use" is the smaller of the CPUs it may run on and its cgroup's CPU quota (a container
+    limited to ``cpus: 2`` on a 32-core host gets 2, not 32).
+    """
     if configured >= 0:
         return configured
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
     return max(1, min(cpus, MAX_AUTO_PROCESSES))
+
+
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs allowed by the cgroup's quota (v2 ``cpu.max`` or v1 ``cfs_quota_us``), or None."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
 
 
 def _init_worker() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from pathlib import Path
 
 import pytest
 
@@ -29,3 +31,25 @@ def test_without_semaphores_ingest_runs_in_threads(monkeypatch: pytest.MonkeyPat
     prepared = asyncio.run(pool.prepare(body, PROTOBUF, 1, Policy()))
     assert len(prepared.rows) == 2 and prepared.aggregates is not None
     pool.stop()
+
+
+def test_cgroup_quota_limits_the_automatic_count(tmp_path: Path) -> None:
+    assert workers.cgroup_cpu_quota(tmp_path) is None  # no cgroup files: no limit
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert workers.cgroup_cpu_quota(tmp_path) is None
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert workers.cgroup_cpu_quota(tmp_path) == 1.5
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert workers.cgroup_cpu_quota(v1) is None
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("400000\n")
+    assert workers.cgroup_cpu_quota(v1) == 4.0
+
+
+def test_auto_count_follows_the_quota(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(workers, "cgroup_cpu_quota", lambda: 1.5)
+    assert workers.resolve_processes(-1) == min(2, len(os.sched_getaffinity(0)))
+    monkeypatch.setattr(workers, "cgroup_cpu_quota", lambda: 0.25)
+    assert workers.resolve_processes(-1) == 1
