@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from fastapi import APIRouter, HTTPException, Request, Response
+from prometheus_client import Counter
 from starlette.concurrency import run_in_threadpool
 
 from observatory import metrics
@@ -37,7 +39,10 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 
-def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> Response:
+def error_response(
+    status: int, message: str, kind: str, headers: dict[str, str] | None = None
+) -> Response:
+    """An OTLP ``Status`` body in the request's encoding, with ``status`` as the HTTP code."""
     body, content_type = otlp.encode_status(message, kind == PROTOBUF)
     return Response(body, status_code=status, media_type=content_type, headers=headers)
 
@@ -61,6 +66,74 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+@dataclass(frozen=True, slots=True)
+class Export:
+    """An authenticated OTLP/HTTP export request whose body has been read and decompressed."""
+
+    st: AppState
+    key: ApiKey
+    kind: str
+    body: bytes
+
+
+async def receive_export(
+    request: Request,
+    rejected_total: Counter,
+    handle: Callable[[Export], Awaitable[Response]],
+) -> Response:
+    """The HTTP front shared by the OTLP/HTTP receivers (traces, logs, metrics).
+
+    Checks the content type (415), authenticates, checks the Content-Encoding (415), sheds load
+    (503 + Retry-After), reads the body in time (408) and within the size limit (413) and
+    gunzips it (400, 413), counting refusals in ``rejected_total`` by reason. Then answers with
+    what ``handle`` returns; the request counts as in flight until ``handle`` is done.
+    """
+    st = state(request)
+    settings = st.settings
+    kind = media_type(request.headers.get("content-type"))
+    if kind is None:
+        rejected_total.labels("unsupported_media_type").inc()
+        return Response(
+            b'{"message":"Content-Type must be application/x-protobuf or application/json"}',
+            status_code=415,
+            media_type="application/json",
+        )
+    try:
+        key = await authenticate(request, Role.INGEST)
+    except HTTPException as exc:
+        return error_response(exc.status_code, str(exc.detail), kind, dict(exc.headers or {}))
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip", ""):
+        return error_response(
+            415, f"Content-Encoding {encoding!r} is not supported (use gzip)", kind
+        )
+    if st.inflight_ingest >= settings.max_inflight_ingest:
+        # Shed load before reading the body, so health checks and queries stay responsive.
+        rejected_total.labels("overload").inc()
+        return error_response(
+            503, "too many ingest requests in progress", kind, retry_after_header(settings)
+        )
+    st.inflight_ingest += 1
+    try:
+        try:
+            async with asyncio.timeout(settings.body_read_timeout_seconds):
+                body = await read_body(request, settings.max_body_bytes)
+            if encoding == "gzip":
+                body = await run_in_threadpool(gunzip, body, settings.max_body_bytes)
+        except TimeoutError:
+            rejected_total.labels("timeout").inc()
+            return error_response(408, "the request body was not received in time", kind)
+        except BodyTooLarge as exc:
+            rejected_total.labels("too_large").inc()
+            return error_response(413, str(exc), kind)
+        except otlp.OtlpDecodeError as exc:
+            rejected_total.labels("invalid").inc()
+            return error_response(400, str(exc), kind)
+        return await handle(Export(st, key, kind, body))
+    finally:
+        st.inflight_ingest -= 1
+
+
 @router.post(
     "/v1/traces",
     tags=["ingest"],
@@ -78,45 +151,15 @@ async def read_body(request: Request, limit: int) -> bytes:
     },
 )
 async def export_traces(request: Request) -> Response:
-    st = state(request)
-    settings = st.settings
-    kind = media_type(request.headers.get("content-type"))
-    if kind is None:
-        metrics.spans_rejected_total.labels("unsupported_media_type").inc()
-        return Response(
-            b'{"message":"Content-Type must be application/x-protobuf or application/json"}',
-            status_code=415,
-            media_type="application/json",
-        )
-    try:
-        key = await authenticate(request, Role.INGEST)
-    except HTTPException as exc:
-        return _error(exc.status_code, str(exc.detail), kind, dict(exc.headers or {}))
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("identity", "gzip", ""):
-        return _error(415, f"Content-Encoding {encoding!r} is not supported (use gzip)", kind)
-    if st.inflight_ingest >= settings.max_inflight_ingest:
-        # Shed load before reading the body, so health checks and queries stay responsive.
-        metrics.spans_rejected_total.labels("overload").inc()
-        return _error(503, "too many ingest requests in progress", kind, _retry_after(settings))
-    st.inflight_ingest += 1
-    try:
-        try:
-            async with asyncio.timeout(settings.body_read_timeout_seconds):
-                body = await read_body(request, settings.max_body_bytes)
-        except TimeoutError:
-            metrics.spans_rejected_total.labels("timeout").inc()
-            return _error(408, "the request body was not received in time", kind)
-        except BodyTooLarge as exc:
-            metrics.spans_rejected_total.labels("too_large").inc()
-            return _error(413, str(exc), kind)
-        outcome = await process_export(st, key, body, kind, gzipped=encoding == "gzip")
-    finally:
-        st.inflight_ingest -= 1
+    return await receive_export(request, metrics.spans_rejected_total, _store_traces)
+
+
+async def _store_traces(export: Export) -> Response:
+    outcome = await process_export(export.st, export.key, export.body, export.kind)
     if outcome.status != 200:
-        return _error(outcome.status, outcome.message, kind, outcome.headers)
+        return error_response(outcome.status, outcome.message, export.kind, outcome.headers)
     body_out, content_type = otlp.encode_response(
-        outcome.rejected, outcome.message, kind == PROTOBUF
+        outcome.rejected, outcome.message, export.kind == PROTOBUF
     )
     return Response(body_out, status_code=200, media_type=content_type)
 
@@ -137,7 +180,8 @@ class Outcome:
         return {"Retry-After": str(self.retry_after_seconds)}
 
 
-def _retry_after(settings: Settings) -> dict[str, str]:
+def retry_after_header(settings: Settings) -> dict[str, str]:
+    """The ``Retry-After`` header for a 503 answer."""
     return {"Retry-After": str(settings.retry_after_seconds)}
 
 

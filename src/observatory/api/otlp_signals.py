@@ -1,13 +1,13 @@
 """OTLP logs and metrics: ``POST /v1/logs``, ``POST /v1/metrics`` (ingest, both roles) and the
 read endpoints ``GET /api/v1/logs`` and ``GET /api/v1/analytics/genai-metrics`` (api role).
 
-Ingest follows the same rules as ``POST /v1/traces`` (api/otlp.py): content type, gzip, size
-limit, API key with the ingest role, 400 for undecodable bodies, 503 + Retry-After when the
-server is overloaded or the database is down, ``partial_success`` for rejected records, and an
-answer only after the commit. Log records and metric points are written in their own
-transaction on a small thread pool (:class:`SignalWriter`); both writes are idempotent, so a
-retried export stores nothing twice. The gRPC receiver (api/otlp_grpc.py) calls
-:func:`ingest_logs` and :func:`ingest_metrics` too.
+Ingest follows the same rules as ``POST /v1/traces`` and shares its HTTP front
+(:func:`api.otlp.receive_export`): content type, gzip, size limit, API key with the ingest role,
+400 for undecodable bodies, 503 + Retry-After when the server is overloaded or the database is
+down, ``partial_success`` for rejected records, and an answer only after the commit. Log
+records and metric points are written in their own transaction on a small thread pool
+(:class:`SignalWriter`); both writes are idempotent, so a retried export stores nothing twice.
+The gRPC receiver (api/otlp_grpc.py) calls :func:`ingest_logs` and :func:`ingest_metrics` too.
 """
 
 from __future__ import annotations
@@ -22,17 +22,21 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+from prometheus_client import Counter
 from sqlalchemy.engine import Connection
 from starlette.concurrency import run_in_threadpool
 
 from observatory import metrics
-from observatory.api.deps import AppState, Require, authenticate, state
-from observatory.api.otlp import read_body
+from observatory.api.deps import AppState, Require, state
+from observatory.api.otlp import Export, error_response, receive_export, retry_after_header
 from observatory.api.params import check_trace_id, parse_range, parse_time
 from observatory.ingest import otlp
 from observatory.ingest.otlp_logs import decode_logs
 from observatory.ingest.otlp_metrics import decode_metrics
-from observatory.ingest.pipeline import PROTOBUF, BodyTooLarge, gunzip, media_type
+from observatory.ingest.otlp_signals import DecodedRecords
+from observatory.ingest.pipeline import PROTOBUF
 from observatory.ingest.writer import Overloaded, Unavailable, is_connectivity_error
 from observatory.model import ApiKey, Role
 from observatory.store import genai_metrics
@@ -123,18 +127,64 @@ def _bump(st: AppState, project_id: int) -> None:
         log.debug("cache invalidation failed", exc_info=True)
 
 
-async def ingest_logs(
-    st: AppState, writer: SignalWriter, project_id: int, body: bytes, kind: str
+@dataclass(frozen=True)
+class _Signal:
+    """What differs between the log and the metric receivers."""
+
+    items: str  # what the records are called in log messages
+    decode: Callable[[bytes, str, int], DecodedRecords]
+    insert: Callable[[Connection, list[dict[str, Any]]], int]
+    accepted_total: Counter
+    rejected_total: Counter
+    ignored_total: Counter | None
+    # The export response message, its partial_success count field, and that field in JSON.
+    response: Callable[[], Any]
+    rejected_field: str
+    rejected_json: str
+
+
+_LOGS = _Signal(
+    items="log records",
+    decode=decode_logs,
+    insert=log_store.insert_logs,
+    accepted_total=metrics.log_records_accepted_total,
+    rejected_total=metrics.log_records_rejected_total,
+    ignored_total=None,
+    response=logs_service_pb2.ExportLogsServiceResponse,
+    rejected_field="rejected_log_records",
+    rejected_json="rejectedLogRecords",
+)
+_METRICS = _Signal(
+    items="metric points",
+    decode=decode_metrics,
+    insert=genai_metrics.insert_points,
+    accepted_total=metrics.metric_points_accepted_total,
+    rejected_total=metrics.metric_points_rejected_total,
+    ignored_total=metrics.metric_points_ignored_total,
+    response=metrics_service_pb2.ExportMetricsServiceResponse,
+    rejected_field="rejected_data_points",
+    rejected_json="rejectedDataPoints",
+)
+
+
+async def _ingest(
+    signal: _Signal,
+    st: AppState,
+    writer: SignalWriter,
+    project_id: int,
+    body: bytes,
+    kind: str,
 ) -> SignalResult:
-    """Decode and store one ``ExportLogsServiceRequest``. Raises ``OtlpDecodeError``,
-    ``Overloaded``, ``Unavailable`` or ``TimeoutError``."""
+    rejected_total = signal.rejected_total
     try:
-        decoded = await run_in_threadpool(decode_logs, body, kind, project_id)
+        decoded = await run_in_threadpool(signal.decode, body, kind, project_id)
     except otlp.OtlpDecodeError:
-        metrics.log_records_rejected_total.labels("invalid").inc()
+        rejected_total.labels("invalid").inc()
         raise
     if decoded.rejected:
-        metrics.log_records_rejected_total.labels("invalid").inc(decoded.rejected)
+        rejected_total.labels("invalid").inc(decoded.rejected)
+    if decoded.ignored and signal.ignored_total is not None:
+        signal.ignored_total.inc(decoded.ignored)
     rows = decoded.rows
     rejected, message = decoded.rejected, decoded.error_message
     if rows:
@@ -142,167 +192,86 @@ async def ingest_logs(
             await writer.write(
                 len(rows),
                 st.settings.request_timeout_seconds,
-                lambda conn: log_store.insert_logs(conn, rows),
+                lambda conn: signal.insert(conn, rows),
             )
         except Overloaded:
-            metrics.log_records_rejected_total.labels("overload").inc(len(rows))
+            rejected_total.labels("overload").inc(len(rows))
             raise
         except (Unavailable, TimeoutError):
-            metrics.log_records_rejected_total.labels("unavailable").inc(len(rows))
+            rejected_total.labels("unavailable").inc(len(rows))
             raise
         except Exception as exc:
-            log.warning("log records refused by the database", exc_info=True)
-            metrics.log_records_rejected_total.labels("database").inc(len(rows))
+            log.warning("%s refused by the database", signal.items, exc_info=True)
+            rejected_total.labels("database").inc(len(rows))
             first = str(exc).splitlines()[0][:200] if str(exc) else exc.__class__.__name__
             return SignalResult(0, rejected + len(rows), f"rejected by the database: {first}")
-        metrics.log_records_accepted_total.inc(len(rows))
+        signal.accepted_total.inc(len(rows))
         await run_in_threadpool(_bump, st, project_id)
-    return SignalResult(len(rows), rejected, message)
+    return SignalResult(len(rows), rejected, message, decoded.ignored)
+
+
+async def ingest_logs(
+    st: AppState, writer: SignalWriter, project_id: int, body: bytes, kind: str
+) -> SignalResult:
+    """Decode and store one ``ExportLogsServiceRequest``. Raises ``OtlpDecodeError``,
+    ``Overloaded``, ``Unavailable`` or ``TimeoutError``."""
+    return await _ingest(_LOGS, st, writer, project_id, body, kind)
 
 
 async def ingest_metrics(
     st: AppState, writer: SignalWriter, project_id: int, body: bytes, kind: str
 ) -> SignalResult:
     """Decode and store the GenAI points of one ``ExportMetricsServiceRequest``."""
-    try:
-        decoded = await run_in_threadpool(decode_metrics, body, kind, project_id)
-    except otlp.OtlpDecodeError:
-        metrics.metric_points_rejected_total.labels("invalid").inc()
-        raise
-    if decoded.rejected:
-        metrics.metric_points_rejected_total.labels("invalid").inc(decoded.rejected)
-    if decoded.ignored:
-        metrics.metric_points_ignored_total.inc(decoded.ignored)
-    rows = decoded.rows
-    rejected, message = decoded.rejected, decoded.error_message
-    if rows:
-        try:
-            await writer.write(
-                len(rows),
-                st.settings.request_timeout_seconds,
-                lambda conn: genai_metrics.insert_points(conn, rows),
-            )
-        except Overloaded:
-            metrics.metric_points_rejected_total.labels("overload").inc(len(rows))
-            raise
-        except (Unavailable, TimeoutError):
-            metrics.metric_points_rejected_total.labels("unavailable").inc(len(rows))
-            raise
-        except Exception as exc:
-            log.warning("metric points refused by the database", exc_info=True)
-            metrics.metric_points_rejected_total.labels("database").inc(len(rows))
-            first = str(exc).splitlines()[0][:200] if str(exc) else exc.__class__.__name__
-            return SignalResult(0, rejected + len(rows), f"rejected by the database: {first}")
-        metrics.metric_points_accepted_total.inc(len(rows))
-        await run_in_threadpool(_bump, st, project_id)
-    return SignalResult(len(rows), rejected, message, decoded.ignored)
+    return await _ingest(_METRICS, st, writer, project_id, body, kind)
+
+
+def _encode_response(signal: _Signal, result: SignalResult, protobuf: bool) -> tuple[bytes, str]:
+    if protobuf:
+        response = signal.response()
+        if result.rejected:
+            setattr(response.partial_success, signal.rejected_field, result.rejected)
+            response.partial_success.error_message = result.message
+        return response.SerializeToString(), "application/x-protobuf"
+    payload: dict[str, Any] = {}
+    if result.rejected:
+        payload["partialSuccess"] = {
+            signal.rejected_json: str(result.rejected),
+            "errorMessage": result.message,
+        }
+    return orjson.dumps(payload), "application/json"
 
 
 def encode_logs_response(result: SignalResult, protobuf: bool) -> tuple[bytes, str]:
     """An ``ExportLogsServiceResponse``; ``partial_success`` only when records were rejected."""
-    if protobuf:
-        from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
-
-        response = logs_service_pb2.ExportLogsServiceResponse()
-        if result.rejected:
-            response.partial_success.rejected_log_records = result.rejected
-            response.partial_success.error_message = result.message
-        return response.SerializeToString(), "application/x-protobuf"
-    payload: dict[str, Any] = {}
-    if result.rejected:
-        payload["partialSuccess"] = {
-            "rejectedLogRecords": str(result.rejected),
-            "errorMessage": result.message,
-        }
-    return orjson.dumps(payload), "application/json"
+    return _encode_response(_LOGS, result, protobuf)
 
 
 def encode_metrics_response(result: SignalResult, protobuf: bool) -> tuple[bytes, str]:
     """An ``ExportMetricsServiceResponse``; ``partial_success`` only when points were rejected."""
-    if protobuf:
-        from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
-
-        response = metrics_service_pb2.ExportMetricsServiceResponse()
-        if result.rejected:
-            response.partial_success.rejected_data_points = result.rejected
-            response.partial_success.error_message = result.message
-        return response.SerializeToString(), "application/x-protobuf"
-    payload: dict[str, Any] = {}
-    if result.rejected:
-        payload["partialSuccess"] = {
-            "rejectedDataPoints": str(result.rejected),
-            "errorMessage": result.message,
-        }
-    return orjson.dumps(payload), "application/json"
+    return _encode_response(_METRICS, result, protobuf)
 
 
 # --- HTTP ingest --------------------------------------------------------------------------------
 
 
-def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> Response:
-    body, content_type = otlp.encode_status(message, kind == PROTOBUF)
-    return Response(body, status_code=status, media_type=content_type, headers=headers)
-
-
-async def _export(request: Request, signal: str) -> Response:
-    st = state(request)
-    settings = st.settings
-    rejected_metric = (
-        metrics.log_records_rejected_total
-        if signal == "logs"
-        else metrics.metric_points_rejected_total
-    )
-    kind = media_type(request.headers.get("content-type"))
-    if kind is None:
-        rejected_metric.labels("unsupported_media_type").inc()
-        return Response(
-            b'{"message":"Content-Type must be application/x-protobuf or application/json"}',
-            status_code=415,
-            media_type="application/json",
-        )
-    try:
-        key = await authenticate(request, Role.INGEST)
-    except HTTPException as exc:
-        return _error(exc.status_code, str(exc.detail), kind, dict(exc.headers or {}))
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("identity", "gzip", ""):
-        return _error(415, f"Content-Encoding {encoding!r} is not supported (use gzip)", kind)
-    retry_after = {"Retry-After": str(settings.retry_after_seconds)}
-    if st.inflight_ingest >= settings.max_inflight_ingest:
-        rejected_metric.labels("overload").inc()
-        return _error(503, "too many ingest requests in progress", kind, retry_after)
-    st.inflight_ingest += 1
-    try:
-        try:
-            async with asyncio.timeout(settings.body_read_timeout_seconds):
-                body = await read_body(request, settings.max_body_bytes)
-            if encoding == "gzip":
-                body = await run_in_threadpool(gunzip, body, settings.max_body_bytes)
-        except TimeoutError:
-            rejected_metric.labels("timeout").inc()
-            return _error(408, "the request body was not received in time", kind)
-        except BodyTooLarge as exc:
-            rejected_metric.labels("too_large").inc()
-            return _error(413, str(exc), kind)
-        except otlp.OtlpDecodeError as exc:
-            rejected_metric.labels("invalid").inc()
-            return _error(400, str(exc), kind)
+async def _export(request: Request, signal: _Signal) -> Response:
+    async def store(export: Export) -> Response:
+        st, kind = export.st, export.kind
         writer = signal_writer(st, request.app.state)
-        ingest = ingest_logs if signal == "logs" else ingest_metrics
+        retry_after = retry_after_header(st.settings)
         try:
-            result = await ingest(st, writer, key.project_id, body, kind)
+            result = await _ingest(signal, st, writer, export.key.project_id, export.body, kind)
         except otlp.OtlpDecodeError as exc:
-            return _error(400, str(exc), kind)
+            return error_response(400, str(exc), kind)
         except Overloaded as exc:
-            return _error(503, str(exc), kind, retry_after)
+            return error_response(503, str(exc), kind, retry_after)
         except (TimeoutError, Unavailable) as exc:
             message = str(exc) or "the write did not complete in time"
-            return _error(503, message, kind, retry_after)
-    finally:
-        st.inflight_ingest -= 1
-    encode = encode_logs_response if signal == "logs" else encode_metrics_response
-    body_out, content_type = encode(result, kind == PROTOBUF)
-    return Response(body_out, status_code=200, media_type=content_type)
+            return error_response(503, message, kind, retry_after)
+        body_out, content_type = _encode_response(signal, result, kind == PROTOBUF)
+        return Response(body_out, status_code=200, media_type=content_type)
+
+    return await receive_export(request, signal.rejected_total, store)
 
 
 _INGEST_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -325,7 +294,7 @@ _INGEST_RESPONSES: dict[int | str, dict[str, Any]] = {
     responses=_INGEST_RESPONSES,
 )
 async def export_logs(request: Request) -> Response:
-    return await _export(request, "logs")
+    return await _export(request, _LOGS)
 
 
 @router.post(
@@ -335,7 +304,7 @@ async def export_logs(request: Request) -> Response:
     responses=_INGEST_RESPONSES,
 )
 async def export_metrics(request: Request) -> Response:
-    return await _export(request, "metrics")
+    return await _export(request, _METRICS)
 
 
 # --- reads --------------------------------------------------------------------------------------

@@ -15,11 +15,10 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 
 from observatory.ingest.otlp import (
@@ -28,15 +27,22 @@ from observatory.ingest.otlp import (
     _json_attributes,
     _json_hex_id,
     _json_int,
-    _json_list,
     _json_value,
     _pb_attributes,
     _pb_value,
 )
+from observatory.ingest.otlp_signals import (
+    MAX_INT64,
+    DecodedRecords,
+    decode_json,
+    json_items,
+    parse_protobuf,
+    pb_items,
+    to_json,
+)
 from observatory.ingest.pipeline import PROTOBUF
 
 _HEX = frozenset("0123456789abcdef")
-_MAX_INT64 = 2**63
 _SEVERITY_NAMES = {
     f"SEVERITY_NUMBER_{name}{suffix}": base + offset
     for name, base in (
@@ -49,31 +55,6 @@ _SEVERITY_NAMES = {
     )
     for offset, suffix in enumerate(("", "2", "3", "4"))
 }
-
-
-@dataclass(slots=True)
-class DecodedLogs:
-    """What one export request held: rows to store and why others were rejected."""
-
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    rejected: int = 0
-    errors: list[str] = field(default_factory=list)
-
-    def reject(self, message: str) -> None:
-        self.rejected += 1
-        if len(self.errors) < 5:
-            self.errors.append(message)
-
-    @property
-    def error_message(self) -> str:
-        if not self.rejected:
-            return ""
-        more = self.rejected - len(self.errors)
-        return "; ".join(self.errors) + (f" (and {more} more)" if more > 0 else "")
-
-
-def _json(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS, default=str).decode()
 
 
 def _text(value: Any) -> str | None:
@@ -116,13 +97,13 @@ def _row(
     resource_json: str,
     scope_name: str | None,
     received_ns: int,
-    batch: DecodedLogs,
+    batch: DecodedRecords,
 ) -> None:
     trace_id, problem = _check_id(record.trace_id, 32, "trace_id")
     span_id, span_problem = _check_id(record.span_id, 16, "span_id")
     problem = problem or span_problem
     times = (record.time_unix_nano, record.observed_time_unix_nano)
-    if problem is None and not all(0 <= t < _MAX_INT64 for t in times):
+    if problem is None and not all(0 <= t < MAX_INT64 for t in times):
         problem = "timestamps are out of range"
     if problem is not None:
         batch.reject(f"log record of trace {record.trace_id or '-'}: {problem}")
@@ -131,8 +112,8 @@ def _row(
     event_name = record.event_name or _text(attributes.get("event.name"))
     when = record.time_unix_nano or record.observed_time_unix_nano or received_ns
     severity = record.severity_number if 0 <= record.severity_number <= 24 else 0
-    body_json = None if record.body is None else _json(record.body)
-    attributes_json = _json(attributes)
+    body_json = None if record.body is None else to_json(record.body)
+    attributes_json = to_json(attributes)
     service = resource.get("service.name")
     row = {
         "project_id": project_id,
@@ -169,60 +150,41 @@ def _row(
     batch.rows.append(row)
 
 
-def decode_logs(body: bytes, kind: str, project_id: int) -> DecodedLogs:
+def decode_logs(body: bytes, kind: str, project_id: int) -> DecodedRecords:
     """Decode an ``ExportLogsServiceRequest``. Raises ``OtlpDecodeError`` for bad bodies."""
     if kind == PROTOBUF:
         return decode_logs_protobuf(body, project_id)
     return decode_logs_json(body, project_id)
 
 
-def decode_logs_protobuf(body: bytes, project_id: int) -> DecodedLogs:
+def decode_logs_protobuf(body: bytes, project_id: int) -> DecodedRecords:
     request = logs_service_pb2.ExportLogsServiceRequest()
-    try:
-        request.ParseFromString(body)
-    except (DecodeError, ValueError, RecursionError) as exc:
-        raise OtlpDecodeError(
-            f"body is not a valid OTLP protobuf ExportLogsServiceRequest: {exc}"
-        ) from exc
-    batch = DecodedLogs()
+    parse_protobuf(request, body)
+    batch = DecodedRecords()
     received = time.time_ns()
-    for resource_logs in request.resource_logs:
-        resource = _pb_attributes(resource_logs.resource.attributes)
-        resource_json = _json(resource)
-        for scope_logs in resource_logs.scope_logs:
-            scope_name = scope_logs.scope.name or None
-            for pb in scope_logs.log_records:
-                record = _Record(
-                    time_unix_nano=pb.time_unix_nano,
-                    observed_time_unix_nano=pb.observed_time_unix_nano,
-                    trace_id=pb.trace_id.hex(),
-                    span_id=pb.span_id.hex(),
-                    severity_number=pb.severity_number,
-                    severity_text=pb.severity_text or None,
-                    event_name=pb.event_name or None,
-                    body=_pb_value(pb.body) if pb.HasField("body") else None,
-                    attributes=_pb_attributes(pb.attributes),
-                    flags=pb.flags,
-                )
-                _row(project_id, record, resource, resource_json, scope_name, received, batch)
+    for resource, resource_json, scope, pb in pb_items(
+        request.resource_logs, "scope_logs", "log_records"
+    ):
+        record = _Record(
+            time_unix_nano=pb.time_unix_nano,
+            observed_time_unix_nano=pb.observed_time_unix_nano,
+            trace_id=pb.trace_id.hex(),
+            span_id=pb.span_id.hex(),
+            severity_number=pb.severity_number,
+            severity_text=pb.severity_text or None,
+            event_name=pb.event_name or None,
+            body=_pb_value(pb.body) if pb.HasField("body") else None,
+            attributes=_pb_attributes(pb.attributes),
+            flags=pb.flags,
+        )
+        _row(project_id, record, resource, resource_json, scope.name or None, received, batch)
     return batch
 
 
-def decode_logs_json(body: bytes, project_id: int) -> DecodedLogs:
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise OtlpDecodeError(f"body is not valid JSON: {exc}") from exc
-    if not isinstance(doc, Mapping):
-        raise OtlpDecodeError("body must be a JSON object with resourceLogs")
-    batch = DecodedLogs()
-    try:
-        _decode_json_doc(doc, project_id, batch)
-    except RecursionError as exc:
-        raise OtlpDecodeError("body is nested too deeply") from exc
-    except (TypeError, AttributeError) as exc:
-        raise OtlpDecodeError(f"body does not have the OTLP/JSON shape: {exc}") from exc
-    return batch
+def decode_logs_json(body: bytes, project_id: int) -> DecodedRecords:
+    return decode_json(
+        body, "resourceLogs", lambda doc, batch: _decode_json_doc(doc, project_id, batch)
+    )
 
 
 def _severity(value: Any) -> int:
@@ -231,29 +193,22 @@ def _severity(value: Any) -> int:
     return _json_int(value, "severityNumber")
 
 
-def _decode_json_doc(doc: Mapping[str, Any], project_id: int, batch: DecodedLogs) -> None:
+def _decode_json_doc(doc: Mapping[str, Any], project_id: int, batch: DecodedRecords) -> None:
     received = time.time_ns()
-    for resource_logs in _json_list(doc, "resourceLogs", "resource_logs"):
-        if not isinstance(resource_logs, Mapping):
-            raise OtlpDecodeError("resourceLogs entries must be objects")
-        res = resource_logs.get("resource") or {}
-        resource = _json_attributes(res.get("attributes") if isinstance(res, Mapping) else None)
-        resource_json = _json(resource)
-        for scope_logs in _json_list(resource_logs, "scopeLogs", "scope_logs"):
-            if not isinstance(scope_logs, Mapping):
-                raise OtlpDecodeError("scopeLogs entries must be objects")
-            scope = scope_logs.get("scope") or {}
-            name = scope.get("name") if isinstance(scope, Mapping) else None
-            scope_name = name if isinstance(name, str) and name else None
-            for js in _json_list(scope_logs, "logRecords", "log_records"):
-                if not isinstance(js, Mapping):
-                    raise OtlpDecodeError("logRecords entries must be objects")
-                try:
-                    record = _json_record(js)
-                except OtlpDecodeError as exc:
-                    batch.reject(f"log record: {exc}")
-                    continue
-                _row(project_id, record, resource, resource_json, scope_name, received, batch)
+    for resource, resource_json, scope, js in json_items(
+        doc,
+        ("resourceLogs", "resource_logs"),
+        ("scopeLogs", "scope_logs"),
+        ("logRecords", "log_records"),
+    ):
+        name = scope.get("name")
+        scope_name = name if isinstance(name, str) and name else None
+        try:
+            record = _json_record(js)
+        except OtlpDecodeError as exc:
+            batch.reject(f"log record: {exc}")
+            continue
+        _row(project_id, record, resource, resource_json, scope_name, received, batch)
 
 
 def _json_record(js: Mapping[str, Any]) -> _Record:

@@ -13,11 +13,10 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 
 from observatory import semconv
@@ -30,10 +29,18 @@ from observatory.ingest.otlp import (
     _json_list,
     _pb_attributes,
 )
+from observatory.ingest.otlp_signals import (
+    MAX_INT64,
+    DecodedRecords,
+    decode_json,
+    json_items,
+    parse_protobuf,
+    pb_items,
+    to_json,
+)
 from observatory.ingest.pipeline import PROTOBUF
 
 GENAI_PREFIX = "gen_ai."
-_MAX_INT64 = 2**63
 _TEMPORALITY_NAMES = {
     "AGGREGATION_TEMPORALITY_UNSPECIFIED": 0,
     "AGGREGATION_TEMPORALITY_DELTA": 1,
@@ -41,28 +48,6 @@ _TEMPORALITY_NAMES = {
 }
 # gen_ai.token.type values: "input"/"output" today; "prompt"/"completion" in older conventions.
 _TOKEN_TYPES = {"input": "input", "prompt": "input", "output": "output", "completion": "output"}
-
-
-@dataclass(slots=True)
-class DecodedMetrics:
-    """What one export request held: GenAI points to store, points rejected, points dropped."""
-
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    rejected: int = 0
-    ignored: int = 0
-    errors: list[str] = field(default_factory=list)
-
-    def reject(self, message: str) -> None:
-        self.rejected += 1
-        if len(self.errors) < 5:
-            self.errors.append(message)
-
-    @property
-    def error_message(self) -> str:
-        if not self.rejected:
-            return ""
-        more = self.rejected - len(self.errors)
-        return "; ".join(self.errors) + (f" (and {more} more)" if more > 0 else "")
 
 
 @dataclass(slots=True)
@@ -86,10 +71,6 @@ class _Metric:
     temporality: int
     monotonic: bool
     points: list[_Point]
-
-
-def _json(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS, default=str).decode()
 
 
 def _finite(value: float | None) -> float | None:
@@ -116,7 +97,7 @@ def _add_rows(
     resource: dict[str, Any],
     resource_json: str,
     scope: str,
-    batch: DecodedMetrics,
+    batch: DecodedRecords,
 ) -> None:
     if not metric.name.startswith(GENAI_PREFIX):
         batch.ignored += len(metric.points)
@@ -124,11 +105,11 @@ def _add_rows(
     service = resource.get("service.name")
     for point in metric.points:
         problem = None
-        if not 0 < point.time_unix_nano < _MAX_INT64:
+        if not 0 < point.time_unix_nano < MAX_INT64:
             problem = "time_unix_nano is missing or out of range"
-        elif not 0 <= point.start_time_unix_nano < _MAX_INT64:
+        elif not 0 <= point.start_time_unix_nano < MAX_INT64:
             problem = "start_time_unix_nano is out of range"
-        elif point.count is not None and not 0 <= point.count < _MAX_INT64:
+        elif point.count is not None and not 0 <= point.count < MAX_INT64:
             problem = "count is out of range"
         if problem is not None:
             batch.reject(f"data point of {metric.name}: {problem}")
@@ -138,9 +119,9 @@ def _add_rows(
         response_model = _str(_first(attrs, semconv.RESPONSE_MODEL)) or None
         provider = normalize_provider(_str(_first(attrs, semconv.PROVIDER)) or None) or ""
         token_type = _str(attrs.get("gen_ai.token.type")).lower()
-        attributes_json = _json(attrs)
+        attributes_json = to_json(attrs)
         identity = [metric.name, metric.metric_type, metric.unit, resource_json, scope]
-        identity.append(_json(dict(sorted(attrs.items()))))
+        identity.append(to_json(dict(sorted(attrs.items()))))
         error_type = _str(attrs.get("error.type")) or None
         batch.rows.append(
             {
@@ -166,10 +147,10 @@ def _add_rows(
                 "min": _finite(point.min),
                 "max": _finite(point.max),
                 "bucket_counts": (
-                    None if point.bucket_counts is None else _json(point.bucket_counts)
+                    None if point.bucket_counts is None else to_json(point.bucket_counts)
                 ),
                 "explicit_bounds": (
-                    None if point.explicit_bounds is None else _json(point.explicit_bounds)
+                    None if point.explicit_bounds is None else to_json(point.explicit_bounds)
                 ),
                 "attributes": attributes_json,
                 "resource_attributes": resource_json,
@@ -177,7 +158,7 @@ def _add_rows(
         )
 
 
-def decode_metrics(body: bytes, kind: str, project_id: int) -> DecodedMetrics:
+def decode_metrics(body: bytes, kind: str, project_id: int) -> DecodedRecords:
     """Decode an ``ExportMetricsServiceRequest``. Raises ``OtlpDecodeError`` for bad bodies."""
     if kind == PROTOBUF:
         return decode_metrics_protobuf(body, project_id)
@@ -245,22 +226,15 @@ def _pb_metric(pb: Any) -> _Metric:
     return _Metric(pb.name, pb.unit, kind or "empty", int(temporality), bool(monotonic), points)
 
 
-def decode_metrics_protobuf(body: bytes, project_id: int) -> DecodedMetrics:
+def decode_metrics_protobuf(body: bytes, project_id: int) -> DecodedRecords:
     request = metrics_service_pb2.ExportMetricsServiceRequest()
-    try:
-        request.ParseFromString(body)
-    except (DecodeError, ValueError, RecursionError) as exc:
-        raise OtlpDecodeError(
-            f"body is not a valid OTLP protobuf ExportMetricsServiceRequest: {exc}"
-        ) from exc
-    batch = DecodedMetrics()
-    for resource_metrics in request.resource_metrics:
-        resource = _pb_attributes(resource_metrics.resource.attributes)
-        resource_json = _json(resource)
-        for scope_metrics in resource_metrics.scope_metrics:
-            scope = f"{scope_metrics.scope.name}@{scope_metrics.scope.version}"
-            for pb in scope_metrics.metrics:
-                _add_rows(project_id, _pb_metric(pb), resource, resource_json, scope, batch)
+    parse_protobuf(request, body)
+    batch = DecodedRecords()
+    for resource, resource_json, scope, pb in pb_items(
+        request.resource_metrics, "scope_metrics", "metrics"
+    ):
+        scope_label = f"{scope.name}@{scope.version}"
+        _add_rows(project_id, _pb_metric(pb), resource, resource_json, scope_label, batch)
     return batch
 
 
@@ -326,7 +300,7 @@ _JSON_KINDS = (
 )
 
 
-def _json_metric(js: Mapping[str, Any], batch: DecodedMetrics) -> _Metric:
+def _json_metric(js: Mapping[str, Any], batch: DecodedRecords) -> _Metric:
     name = js.get("name")
     unit = js.get("unit")
     metric = _Metric(
@@ -364,35 +338,19 @@ def _json_metric(js: Mapping[str, Any], batch: DecodedMetrics) -> _Metric:
     return metric
 
 
-def decode_metrics_json(body: bytes, project_id: int) -> DecodedMetrics:
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise OtlpDecodeError(f"body is not valid JSON: {exc}") from exc
-    if not isinstance(doc, Mapping):
-        raise OtlpDecodeError("body must be a JSON object with resourceMetrics")
-    batch = DecodedMetrics()
-    try:
-        for resource_metrics in _json_list(doc, "resourceMetrics", "resource_metrics"):
-            if not isinstance(resource_metrics, Mapping):
-                raise OtlpDecodeError("resourceMetrics entries must be objects")
-            res = resource_metrics.get("resource") or {}
-            resource = _json_attributes(res.get("attributes") if isinstance(res, Mapping) else None)
-            resource_json = _json(resource)
-            for scope_metrics in _json_list(resource_metrics, "scopeMetrics", "scope_metrics"):
-                if not isinstance(scope_metrics, Mapping):
-                    raise OtlpDecodeError("scopeMetrics entries must be objects")
-                scope_obj = scope_metrics.get("scope") or {}
-                if not isinstance(scope_obj, Mapping):
-                    scope_obj = {}
-                scope = f"{scope_obj.get('name') or ''}@{scope_obj.get('version') or ''}"
-                for js in _json_list(scope_metrics, "metrics", "metrics"):
-                    if not isinstance(js, Mapping):
-                        raise OtlpDecodeError("metrics entries must be objects")
-                    metric = _json_metric(js, batch)
-                    _add_rows(project_id, metric, resource, resource_json, scope, batch)
-    except RecursionError as exc:
-        raise OtlpDecodeError("body is nested too deeply") from exc
-    except (TypeError, AttributeError) as exc:
-        raise OtlpDecodeError(f"body does not have the OTLP/JSON shape: {exc}") from exc
-    return batch
+def decode_metrics_json(body: bytes, project_id: int) -> DecodedRecords:
+    return decode_json(
+        body, "resourceMetrics", lambda doc, batch: _decode_json_doc(doc, project_id, batch)
+    )
+
+
+def _decode_json_doc(doc: Mapping[str, Any], project_id: int, batch: DecodedRecords) -> None:
+    for resource, resource_json, scope, js in json_items(
+        doc,
+        ("resourceMetrics", "resource_metrics"),
+        ("scopeMetrics", "scope_metrics"),
+        ("metrics", "metrics"),
+    ):
+        scope_label = f"{scope.get('name') or ''}@{scope.get('version') or ''}"
+        metric = _json_metric(js, batch)
+        _add_rows(project_id, metric, resource, resource_json, scope_label, batch)

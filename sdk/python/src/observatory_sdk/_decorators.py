@@ -250,23 +250,58 @@ def _detach(token: Any) -> None:
         safely(otel_context.detach, token)
 
 
+class _Current:
+    """``with _Current(ctx):`` makes a span's context current for one stretch of a call."""
+
+    def __init__(self, ctx: Any) -> None:
+        self._ctx = ctx
+        self._token: Any = FAILED
+
+    def __enter__(self) -> None:
+        self._token = _attach(self._ctx)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _detach(self._token)
+
+
+class _Call:
+    """A span around one call of a function or coroutine: current inside the ``with`` block,
+    marked as an error if the block raises, else ended with ``output`` recorded. If the span
+    cannot be started, the block runs without one."""
+
+    def __init__(self, options: _Options, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self._options = options
+        self._started = _begin(options, args, kwargs)
+        self._token: Any = FAILED
+        self.output: Any = _MISSING
+
+    def __enter__(self) -> _Call:
+        if self._started is not FAILED:
+            self._token = _attach(self._started[1])
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._started is FAILED:
+            return
+        handle = self._started[0]
+        _detach(self._token)
+        if exc is not None:
+            _fail(handle, exc)
+        else:
+            _finish(handle, self._options, self.output)
+
+
 def _wrap_function(func: Callable[..., Any], options: _Options) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        started = _begin(options, args, kwargs)
-        if started is FAILED:
-            return func(*args, **kwargs)
-        handle, ctx = started
-        token = _attach(ctx)
-        try:
-            result = func(*args, **kwargs)
-        except BaseException as exc:
-            _detach(token)
-            _fail(handle, exc)
-            raise
-        _detach(token)
-        _finish(handle, options, result)
-        return result
+        with _Call(options, args, kwargs) as call:
+            call.output = func(*args, **kwargs)
+        return call.output
 
     return wrapper
 
@@ -274,22 +309,15 @@ def _wrap_function(func: Callable[..., Any], options: _Options) -> Callable[...,
 def _wrap_coroutine(func: Callable[..., Any], options: _Options) -> Callable[..., Any]:
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        started = _begin(options, args, kwargs)
-        if started is FAILED:
-            return await func(*args, **kwargs)
-        handle, ctx = started
-        token = _attach(ctx)
-        try:
-            result = await func(*args, **kwargs)
-        except BaseException as exc:
-            _detach(token)
-            _fail(handle, exc)
-            raise
-        _detach(token)
-        _finish(handle, options, result)
-        return result
+        with _Call(options, args, kwargs) as call:
+            call.output = await func(*args, **kwargs)
+        return call.output
 
     return wrapper
+
+
+# The two generator wrappers drive the same loop, one through send/throw/close, the other
+# through asend/athrow/aclose (awaited); the span is current only while the body runs.
 
 
 def _wrap_generator(func: Callable[..., Any], options: _Options) -> Callable[..., Any]:
@@ -305,21 +333,16 @@ def _wrap_generator(func: Callable[..., Any], options: _Options) -> Callable[...
         to_throw: BaseException | None = None
         try:
             while True:
-                token = _attach(ctx)
                 try:
-                    if to_throw is not None:
-                        exc, to_throw = to_throw, None
-                        item = generator.throw(exc)
-                    else:
-                        item = generator.send(to_send)
+                    with _Current(ctx):
+                        if to_throw is not None:
+                            exc, to_throw = to_throw, None
+                            item = generator.throw(exc)
+                        else:
+                            item = generator.send(to_send)
                 except StopIteration as stop:
-                    _detach(token)
                     _finish(handle, options, items)
                     return stop.value
-                except BaseException:
-                    _detach(token)
-                    raise
-                _detach(token)
                 if len(items) < _MAX_GENERATOR_ITEMS:
                     items.append(item)
                 try:
@@ -354,21 +377,16 @@ def _wrap_async_generator(func: Callable[..., Any], options: _Options) -> Callab
         to_throw: BaseException | None = None
         try:
             while True:
-                token = _attach(ctx)
                 try:
-                    if to_throw is not None:
-                        exc, to_throw = to_throw, None
-                        item = await generator.athrow(exc)
-                    else:
-                        item = await generator.asend(to_send)
+                    with _Current(ctx):
+                        if to_throw is not None:
+                            exc, to_throw = to_throw, None
+                            item = await generator.athrow(exc)
+                        else:
+                            item = await generator.asend(to_send)
                 except StopAsyncIteration:
-                    _detach(token)
                     _finish(handle, options, items)
                     return
-                except BaseException:
-                    _detach(token)
-                    raise
-                _detach(token)
                 if len(items) < _MAX_GENERATOR_ITEMS:
                     items.append(item)
                 try:

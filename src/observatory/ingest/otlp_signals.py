@@ -1,0 +1,124 @@
+"""What the OTLP logs and metrics decoders (otlp_logs.py, otlp_metrics.py) share: the decoded
+batch, the request envelope in both encodings and the JSON text of stored values. Pure, no I/O.
+
+Both requests nest the same way, ``resource_<signal>`` → ``scope_<signal>`` → items, so
+:func:`pb_items` and :func:`json_items` walk them and hand each item over with its resource and
+scope; the decoders only turn items into rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from google.protobuf.message import DecodeError
+
+from observatory.ingest.otlp import OtlpDecodeError, _json_attributes, _json_list, _pb_attributes
+
+MAX_INT64 = 2**63
+
+
+@dataclass(slots=True)
+class DecodedRecords:
+    """What one export request held: rows to store, records rejected (and why), and records
+    acknowledged but not stored (``ignored``: metrics not named ``gen_ai.*``)."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    rejected: int = 0
+    ignored: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def reject(self, message: str) -> None:
+        self.rejected += 1
+        if len(self.errors) < 5:
+            self.errors.append(message)
+
+    @property
+    def error_message(self) -> str:
+        if not self.rejected:
+            return ""
+        more = self.rejected - len(self.errors)
+        return "; ".join(self.errors) + (f" (and {more} more)" if more > 0 else "")
+
+
+def to_json(value: Any) -> str:
+    """JSON text for a stored value (attributes, bodies, histogram buckets)."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS, default=str).decode()
+
+
+# --- protobuf -----------------------------------------------------------------------------------
+
+
+def parse_protobuf(request: Any, body: bytes) -> None:
+    """Parse ``body`` into the (empty) export request message ``request``."""
+    try:
+        request.ParseFromString(body)
+    except (DecodeError, ValueError, RecursionError) as exc:
+        raise OtlpDecodeError(
+            f"body is not a valid OTLP protobuf {request.DESCRIPTOR.name}: {exc}"
+        ) from exc
+
+
+def pb_items(
+    resources: Any, scopes_field: str, items_field: str
+) -> Iterator[tuple[dict[str, Any], str, Any, Any]]:
+    """(resource attributes, their JSON, scope message, item) for every item of a request."""
+    for resource_entry in resources:
+        resource = _pb_attributes(resource_entry.resource.attributes)
+        resource_json = to_json(resource)
+        for scope_entry in getattr(resource_entry, scopes_field):
+            for item in getattr(scope_entry, items_field):
+                yield resource, resource_json, scope_entry.scope, item
+
+
+# --- JSON ---------------------------------------------------------------------------------------
+
+
+def decode_json(
+    body: bytes, resources_field: str, walk: Callable[[Mapping[str, Any], DecodedRecords], None]
+) -> DecodedRecords:
+    """Load an OTLP/JSON body (an object with ``resources_field``) and ``walk`` it into a batch;
+    a body of the wrong shape raises ``OtlpDecodeError``."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise OtlpDecodeError(f"body is not valid JSON: {exc}") from exc
+    if not isinstance(doc, Mapping):
+        raise OtlpDecodeError(f"body must be a JSON object with {resources_field}")
+    batch = DecodedRecords()
+    try:
+        walk(doc, batch)
+    except RecursionError as exc:
+        raise OtlpDecodeError("body is nested too deeply") from exc
+    except (TypeError, AttributeError) as exc:
+        raise OtlpDecodeError(f"body does not have the OTLP/JSON shape: {exc}") from exc
+    return batch
+
+
+def json_items(
+    doc: Mapping[str, Any],
+    resources: tuple[str, str],
+    scopes: tuple[str, str],
+    items: tuple[str, str],
+) -> Iterator[tuple[dict[str, Any], str, Mapping[str, Any], Mapping[str, Any]]]:
+    """(resource attributes, their JSON, scope object, item) for every item of a request; each
+    field is given as (lowerCamelCase, snake_case) name. Entries that are not objects raise
+    ``OtlpDecodeError``; a scope that is not an object counts as empty."""
+    for resource_entry in _json_list(doc, *resources):
+        if not isinstance(resource_entry, Mapping):
+            raise OtlpDecodeError(f"{resources[0]} entries must be objects")
+        res = resource_entry.get("resource") or {}
+        resource = _json_attributes(res.get("attributes") if isinstance(res, Mapping) else None)
+        resource_json = to_json(resource)
+        for scope_entry in _json_list(resource_entry, *scopes):
+            if not isinstance(scope_entry, Mapping):
+                raise OtlpDecodeError(f"{scopes[0]} entries must be objects")
+            scope = scope_entry.get("scope") or {}
+            if not isinstance(scope, Mapping):
+                scope = {}
+            for item in _json_list(scope_entry, *items):
+                if not isinstance(item, Mapping):
+                    raise OtlpDecodeError(f"{items[0]} entries must be objects")
+                yield resource, resource_json, scope, item
