@@ -112,9 +112,17 @@ def checkout_binds() -> list[str]:
     """A checkout (or its virtualenv) under /tmp would vanish under the fresh /tmp tmpfs, as CI's
     clone may live there: bind it back, read-only, as the image's /app is."""
     binds: list[str] = []
+    bound: list[Path] = []
     for path in (Path(__file__).resolve().parents[2], Path(sys.prefix).resolve()):
-        if path.is_relative_to("/tmp") and str(path) not in binds:
-            binds += ["--ro-bind", str(path), str(path)]
+        if not path.is_relative_to("/tmp") or any(path.is_relative_to(b) for b in bound):
+            continue
+        # bwrap would create the directories between /tmp and the bind as 0700 (mktemp -d's
+        # clones live there): create them readable first.
+        for parent in reversed(path.parents):
+            if parent.is_relative_to("/tmp") and parent != Path("/tmp"):
+                binds += ["--perms", "0755", "--dir", str(parent)]
+        binds += ["--ro-bind", str(path), str(path)]
+        bound.append(path)
     return binds
 
 
