@@ -13,7 +13,6 @@ import asyncio
 import os
 import re
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -22,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.driver import DriverConfig, run_load
-from bench.servers import ResourceSampler, free_port, wait_http
+from bench.servers import ResourceSampler, log_tail, start_process
 from bench.verify import count_acked, count_spans
 from bench.workload import Workload
+from observatory.subprocesses import free_port, stop_process
 
 PHOENIX_VERSION = "20.26.1"
 DEFAULT_VENV = Path(__file__).resolve().parent / ".venv-phoenix"
@@ -66,19 +66,10 @@ class PhoenixProcess:
     log_path: Path
 
     def stop(self, timeout: float = 60) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process, timeout)
 
     def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+        return log_tail(self.log_path, chars)
 
 
 def start_phoenix(venv: Path, work_dir: Path, pg_url: str | None) -> PhoenixProcess:
@@ -101,22 +92,17 @@ def start_phoenix(venv: Path, work_dir: Path, pg_url: str | None) -> PhoenixProc
     else:
         storage = f"sqlite:///{work_dir / 'phoenix.db'}"
     log_path = work_dir / "phoenix.log"
-    with open(log_path, "ab") as handle:
-        process = subprocess.Popen(
-            [str(exe), "serve"],
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            cwd=work_dir,
-            start_new_session=True,
-        )
-    phoenix = PhoenixProcess(process, f"http://127.0.0.1:{port}", storage, work_dir, log_path)
-    try:
-        wait_http(f"{phoenix.base_url}/healthz", process, 180)
-    except Exception as exc:
-        phoenix.stop(10)
-        raise RuntimeError(f"phoenix serve did not start ({exc}):\n{phoenix.log_tail()}") from exc
-    return phoenix
+    base_url = f"http://127.0.0.1:{port}"
+    process = start_process(
+        "phoenix serve",
+        [str(exe), "serve"],
+        env=env,
+        cwd=work_dir,
+        log_path=log_path,
+        ready_url=f"{base_url}/healthz",
+        timeout=180,
+    )
+    return PhoenixProcess(process, base_url, storage, work_dir, log_path)
 
 
 @dataclass

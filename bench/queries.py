@@ -55,13 +55,6 @@ def sample_trace_ids(database_url: str, count: int, seed: int) -> list[str]:
                     ),
                     {"seed": seed, "n": count * 4},
                 ).all()
-                if len(rows) < count:
-                    rows = conn.execute(
-                        text(
-                            "SELECT trace_id FROM traces WHERE span_count BETWEEN 5 AND 50 LIMIT :n"
-                        ),
-                        {"n": count * 4},
-                    ).all()
             else:
                 rows = conn.execute(
                     text(
@@ -70,13 +63,11 @@ def sample_trace_ids(database_url: str, count: int, seed: int) -> list[str]:
                     ),
                     {"r": seed % 97, "n": count * 4},
                 ).all()
-                if len(rows) < count:
-                    rows = conn.execute(
-                        text(
-                            "SELECT trace_id FROM traces WHERE span_count BETWEEN 5 AND 50 LIMIT :n"
-                        ),
-                        {"n": count * 4},
-                    ).all()
+            if len(rows) < count:  # the sample was too small: take the first ones instead
+                rows = conn.execute(
+                    text("SELECT trace_id FROM traces WHERE span_count BETWEEN 5 AND 50 LIMIT :n"),
+                    {"n": count * 4},
+                ).all()
     finally:
         db.dispose()
     ids = [r[0] for r in rows]

@@ -7,8 +7,6 @@ import contextlib
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,17 +20,12 @@ import httpx
 import psycopg
 
 from bench.stats import slope_per_minute
+from observatory.subprocesses import free_port, stop_process
 
 BIN = Path(sys.executable).parent
 DEFAULT_PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- PostgreSQL databases -----------------------------------------------------------------------
@@ -246,20 +239,18 @@ class Server:
         return self.process.pid
 
     def stop(self, timeout: float = 60) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        return int(self.process.returncode)
+        return stop_process(self.process, timeout)
 
     def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+        return log_tail(self.log_path, chars)
+
+
+def log_tail(log_path: Path, chars: int = 3000) -> str:
+    """The last ``chars`` characters of a log file ("" when it cannot be read)."""
+    try:
+        return log_path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
 
 
 def wait_http(url: str, process: subprocess.Popen[bytes] | None, timeout: float) -> None:
@@ -278,6 +269,36 @@ def wait_http(url: str, process: subprocess.Popen[bytes] | None, timeout: float)
             last = str(exc)
         time.sleep(0.2)
     raise TimeoutError(f"{url} not ready after {timeout:.0f}s: {last}")
+
+
+def start_process(
+    name: str,
+    args: list[str],
+    *,
+    env: dict[str, str],
+    cwd: Path,
+    log_path: Path,
+    ready_url: str,
+    timeout: float,
+) -> subprocess.Popen[bytes]:
+    """Start ``args`` in a session of its own, stdout and stderr appended to ``log_path``, and
+    wait until ``ready_url`` answers 200. A process that does not get there is stopped, and the
+    error names ``name`` and quotes the end of its log."""
+    with open(log_path, "ab") as handle:
+        process = subprocess.Popen(
+            args,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,
+        )
+    try:
+        wait_http(ready_url, process, timeout)
+    except Exception as exc:
+        stop_process(process, 10)
+        raise RuntimeError(f"{name} did not start ({exc}):\n{log_tail(log_path)}") from exc
+    return process
 
 
 def start_observatory(
@@ -304,31 +325,17 @@ def start_observatory(
         **(env or {}),
     }
     log_path = data_dir / f"server-{port}.log"
-    with open(log_path, "ab") as handle:
-        process = subprocess.Popen(
-            [
-                str(BIN / "observatory"),
-                "serve",
-                "--port",
-                str(port),
-                "--workers",
-                str(workers),
-            ],
-            env=full_env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            cwd=data_dir,
-            start_new_session=True,
-        )
-    server = Server(process, f"http://127.0.0.1:{port}", admin_key, data_dir, log_path)
-    try:
-        wait_http(f"{server.base_url}/health/ready", process, 120)
-    except Exception as exc:
-        server.stop(10)
-        raise RuntimeError(
-            f"observatory serve did not start ({exc}):\n{server.log_tail()}"
-        ) from exc
-    return server
+    base_url = f"http://127.0.0.1:{port}"
+    process = start_process(
+        "observatory serve",
+        [str(BIN / "observatory"), "serve", "--port", str(port), "--workers", str(workers)],
+        env=full_env,
+        cwd=data_dir,
+        log_path=log_path,
+        ready_url=f"{base_url}/health/ready",
+        timeout=120,
+    )
+    return Server(process, base_url, admin_key, data_dir, log_path)
 
 
 @contextlib.contextmanager

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from observatory.demo import add_attributes
 
 # Templates are stamped at this time; requests shift every timestamp by (new base - TEMPLATE_T0).
 TEMPLATE_T0 = 1_700_000_000_000_000_000
@@ -91,24 +92,6 @@ class Template:
     time_values: list[int] = field(default_factory=list)  # relative to TEMPLATE_T0
 
 
-def _any(value: Any) -> AnyValue:
-    if isinstance(value, bool):
-        return AnyValue(bool_value=value)
-    if isinstance(value, int):
-        return AnyValue(int_value=value)
-    if isinstance(value, float):
-        return AnyValue(double_value=value)
-    if isinstance(value, list):
-        out = AnyValue()
-        out.array_value.values.extend(_any(v) for v in value)
-        return out
-    return AnyValue(string_value=str(value))
-
-
-def _attrs(target: Any, values: dict[str, Any]) -> None:
-    target.extend(KeyValue(key=k, value=_any(v)) for k, v in values.items())
-
-
 def _weighted(rng: random.Random, items: tuple[tuple[Any, ...], ...]) -> tuple[Any, ...]:
     return rng.choices(items, weights=[i[-1] for i in items])[0]
 
@@ -146,7 +129,7 @@ def build_template(config: WorkloadConfig, index: int) -> Template:
     environment = _weighted(rng, ENVIRONMENTS)[0]
     request = ExportTraceServiceRequest()
     rs = request.resource_spans.add()
-    _attrs(
+    add_attributes(
         rs.resource.attributes,
         {
             "service.name": service,
@@ -225,7 +208,7 @@ def build_template(config: WorkloadConfig, index: int) -> Template:
                     message="RateLimitError: 429 Too Many Requests" if error else "",
                 ),
             )
-            _attrs(
+            add_attributes(
                 span.attributes,
                 {
                     "gen_ai.operation.name": "chat",
@@ -244,7 +227,7 @@ def build_template(config: WorkloadConfig, index: int) -> Template:
                 },
             )
             if error:
-                _attrs(span.attributes, {"error.type": "RateLimitError"})
+                add_attributes(span.attributes, {"error.type": "RateLimitError"})
             children.append(span)
             cursor += duration + rng.randint(1, 50) * 1_000_000
         root = Span(
@@ -256,7 +239,7 @@ def build_template(config: WorkloadConfig, index: int) -> Template:
             end_time_unix_nano=unique_time(cursor + rng.randint(1, 20) * 1_000_000),
             status=Status(code=Status.STATUS_CODE_ERROR if trace_error else Status.STATUS_CODE_OK),
         )
-        _attrs(
+        add_attributes(
             root.attributes,
             {
                 "gen_ai.operation.name": "invoke_agent",

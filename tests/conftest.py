@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +23,8 @@ import psycopg
 import pytest
 import redis
 
+from observatory.subprocesses import free_port, stop_process
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PG_ADMIN_URL = os.environ.get(
@@ -32,12 +32,6 @@ PG_ADMIN_URL = os.environ.get(
 )
 REDIS_URL = os.environ.get("OBSERVATORY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ARTIFACTS = ROOT / "test-artifacts"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _with_db(url: str, name: str) -> str:
@@ -96,18 +90,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     url = create_pg_database()
     yield url
     drop_pg_database(url)
-
-
-def stop_process(process: subprocess.Popen[Any], timeout: float = 30) -> int:
-    """SIGTERM and wait up to ``timeout`` seconds, then SIGKILL; returns the exit status."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-    return int(process.returncode)
 
 
 @dataclass

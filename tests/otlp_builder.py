@@ -9,9 +9,10 @@ from typing import Any
 
 import orjson
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
+
+from observatory.demo import add_attributes
 
 BASE_NS = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z
 
@@ -56,27 +57,10 @@ def llm_attributes(
     }
 
 
-def _any(value: Any) -> AnyValue:
-    if isinstance(value, bool):
-        return AnyValue(bool_value=value)
-    if isinstance(value, int):
-        return AnyValue(int_value=value)
-    if isinstance(value, float):
-        return AnyValue(double_value=value)
-    if isinstance(value, bytes):
-        return AnyValue(bytes_value=value)
-    if isinstance(value, list):
-        out = AnyValue()
-        out.array_value.values.extend(_any(v) for v in value)
-        return out
-    return AnyValue(string_value=str(value))
-
-
 def protobuf_request(specs: list[SpanSpec], resource: dict[str, Any] | None = None) -> bytes:
     request = ExportTraceServiceRequest()
     rs = request.resource_spans.add()
-    for key, value in (resource or {"service.name": "test-svc"}).items():
-        rs.resource.attributes.append(KeyValue(key=key, value=_any(value)))
+    add_attributes(rs.resource.attributes, resource or {"service.name": "test-svc"})
     ss = rs.scope_spans.add()
     ss.scope.name = "tests"
     for spec in specs:
@@ -90,14 +74,12 @@ def protobuf_request(specs: list[SpanSpec], resource: dict[str, Any] | None = No
             end_time_unix_nano=spec.start_ns + int(spec.duration_ms * 1e6),
             status=Status(code=Status.STATUS_CODE_ERROR if spec.error else Status.STATUS_CODE_OK),
         )
-        for key, value in spec.attributes.items():
-            pb.attributes.append(KeyValue(key=key, value=_any(value)))
+        add_attributes(pb.attributes, spec.attributes)
         for event in spec.events:
             ev = pb.events.add()
             ev.name = event["name"]
             ev.time_unix_nano = spec.start_ns
-            for key, value in event.get("attributes", {}).items():
-                ev.attributes.append(KeyValue(key=key, value=_any(value)))
+            add_attributes(ev.attributes, event.get("attributes", {}))
         ss.spans.append(pb)
     return request.SerializeToString()
 

@@ -51,6 +51,16 @@ class DemoSpan:
     error: str | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
 
+    def fail(self, error: str, exception_type: str, stacktrace: str | None = None) -> None:
+        """Mark the span failed with ``error`` and record the ``exception`` event at its end."""
+        self.error = error
+        attributes = {"exception.type": exception_type, "exception.message": error}
+        if stacktrace is not None:
+            attributes["exception.stacktrace"] = stacktrace
+        self.events.append(
+            {"name": "exception", "time_unix_nano": self.end_ns, "attributes": attributes}
+        )
+
 
 @dataclass
 class DemoTrace:
@@ -188,19 +198,8 @@ class Generator:
             attrs,
         )
         if error:
-            span.error = error
-            span.events.append(
-                {
-                    "name": "exception",
-                    "time_unix_nano": start + duration,
-                    "attributes": {
-                        "exception.type": "openai.RateLimitError"
-                        if model.provider == "openai"
-                        else "anthropic.RateLimitError",
-                        "exception.message": error,
-                    },
-                }
-            )
+            provider = "openai" if model.provider == "openai" else "anthropic"
+            span.fail(error, f"{provider}.RateLimitError")
         trace.spans.append(span)
         return span
 
@@ -230,18 +229,7 @@ class Generator:
             },
         )
         if error:
-            span.error = error
-            span.events.append(
-                {
-                    "name": "exception",
-                    "time_unix_nano": start + duration,
-                    "attributes": {
-                        "exception.type": "TimeoutError",
-                        "exception.message": error,
-                        "exception.stacktrace": content.timeout_stacktrace(call["name"]),
-                    },
-                }
-            )
+            span.fail(error, "TimeoutError", content.timeout_stacktrace(call["name"]))
         else:
             span.attributes["gen_ai.tool.call.result"] = orjson.dumps(result).decode()
         trace.spans.append(span)
@@ -255,6 +243,20 @@ class Generator:
             attrs["session.id"] = session
         root = DemoSpan(self._span_id(), None, name, KIND_INTERNAL, start, start, attrs)
         trace.spans.append(root)
+        return root
+
+    def _agent_root(
+        self, trace: DemoTrace, start: int, session: str, user: str, question: str
+    ) -> DemoSpan:
+        """The ``invoke_agent`` root span of a conversation turn; the agent is the service."""
+        root = self._root(trace, f"invoke_agent {trace.service}", start, session, user)
+        root.attributes.update(
+            {
+                "gen_ai.operation.name": "invoke_agent",
+                "gen_ai.agent.name": trace.service,
+                "input.value": question,
+            }
+        )
         return root
 
     @staticmethod
@@ -276,14 +278,7 @@ class Generator:
         topic = content.SUPPORT_TOPICS[turn % len(content.SUPPORT_TOPICS)]
         case = content.support_case(rng, topic)
         trace = DemoTrace(self._trace_id(), "support-agent", "production")
-        root = self._root(trace, "invoke_agent support-agent", start, session, user)
-        root.attributes.update(
-            {
-                "gen_ai.operation.name": "invoke_agent",
-                "gen_ai.agent.name": "support-agent",
-                "input.value": case["question"],
-            }
-        )
+        root = self._agent_root(trace, start, session, user, case["question"])
         model = GPT_4O if rng.random() < 0.8 else GPT_4O_MINI
         messages = [*history, content.user(case["question"])]
         at = start + self._ms(2, 15)
@@ -353,14 +348,7 @@ class Generator:
         rng = self.rng
         case = content.RESEARCH_CASES[turn % len(content.RESEARCH_CASES)]
         trace = DemoTrace(self._trace_id(), "research-assistant", "production")
-        root = self._root(trace, "invoke_agent research-assistant", start, session, user)
-        root.attributes.update(
-            {
-                "gen_ai.operation.name": "invoke_agent",
-                "gen_ai.agent.name": "research-assistant",
-                "input.value": case["question"],
-            }
-        )
+        root = self._agent_root(trace, start, session, user, case["question"])
         at = start + self._ms(2, 10)
         tokens = _tokens(case["question"])
         embed = DemoSpan(
@@ -552,23 +540,27 @@ def build_traces(
 # --- OTLP encoding ------------------------------------------------------------------------------
 
 
-def _any(value: Any) -> AnyValue:
+def any_value(value: Any) -> AnyValue:
+    """The OTLP protobuf ``AnyValue`` of a Python value: bool, int, float, bytes, a list of
+    these (an array), anything else as its string."""
     if isinstance(value, bool):
         return AnyValue(bool_value=value)
     if isinstance(value, int):
         return AnyValue(int_value=value)
     if isinstance(value, float):
         return AnyValue(double_value=value)
+    if isinstance(value, bytes):
+        return AnyValue(bytes_value=value)
     if isinstance(value, list):
         out = AnyValue()
-        out.array_value.values.extend(_any(v) for v in value)
+        out.array_value.values.extend(any_value(v) for v in value)
         return out
     return AnyValue(string_value=str(value))
 
 
-def _attributes(target: Any, values: dict[str, Any]) -> None:
-    for key, value in values.items():
-        target.append(KeyValue(key=key, value=_any(value)))
+def add_attributes(target: Any, values: dict[str, Any]) -> None:
+    """Append ``values`` to ``target``, a repeated OTLP ``KeyValue`` field."""
+    target.extend(KeyValue(key=key, value=any_value(value)) for key, value in values.items())
 
 
 def encode(traces: list[DemoTrace]) -> bytes:
@@ -579,7 +571,7 @@ def encode(traces: list[DemoTrace]) -> bytes:
         groups.setdefault((trace.service, trace.environment), []).append(trace)
     for (service, environment), members in groups.items():
         rs = request.resource_spans.add()
-        _attributes(
+        add_attributes(
             rs.resource.attributes,
             {
                 "service.name": service,
@@ -609,12 +601,12 @@ def encode(traces: list[DemoTrace]) -> bytes:
                         message=span.error or "",
                     ),
                 )
-                _attributes(pb.attributes, span.attributes)
+                add_attributes(pb.attributes, span.attributes)
                 for event in span.events:
                     ev = pb.events.add()
                     ev.name = event["name"]
                     ev.time_unix_nano = event["time_unix_nano"]
-                    _attributes(ev.attributes, event["attributes"])
+                    add_attributes(ev.attributes, event["attributes"])
                 ss.spans.append(pb)
     return request.SerializeToString()
 

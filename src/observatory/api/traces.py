@@ -28,13 +28,13 @@ async def _page(
     search: Callable[..., queries.Page],
     project_id: int,
     filters: Filters,
-    *,
     sort: str,
-    descending: bool,
+    order: str,
     limit: int,
     cursor: str | None,
 ) -> dict[str, Any]:
-    """One page of ``queries.list_traces`` or ``search_spans``; a bad cursor is a 422."""
+    """One page of ``queries.list_traces`` or ``search_spans`` (``order`` is ``asc`` or
+    ``desc``); a bad cursor is a 422."""
     st = state(request)
 
     def run() -> queries.Page:
@@ -44,7 +44,7 @@ async def _page(
                 project_id,
                 filters,
                 sort=sort,
-                descending=descending,
+                descending=order == "desc",
                 limit=limit,
                 cursor=cursor,
             )
@@ -67,14 +67,7 @@ async def list_traces(
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> dict[str, Any]:
     return await _page(
-        request,
-        queries.list_traces,
-        key.project_id,
-        filters,
-        sort=sort,
-        descending=order == "desc",
-        limit=limit,
-        cursor=cursor,
+        request, queries.list_traces, key.project_id, filters, sort, order, limit, cursor
     )
 
 
@@ -108,12 +101,5 @@ async def search_spans(
 ) -> dict[str, Any]:
     add_attribute_filters(filters, attribute)
     return await _page(
-        request,
-        queries.search_spans,
-        key.project_id,
-        filters,
-        sort=sort,
-        descending=order == "desc",
-        limit=limit,
-        cursor=cursor,
+        request, queries.search_spans, key.project_id, filters, sort, order, limit, cursor
     )

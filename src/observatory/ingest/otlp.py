@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from google.protobuf.message import DecodeError
@@ -35,14 +35,12 @@ class OtlpDecodeError(ValueError):
 
 
 @dataclass(slots=True)
-class DecodedBatch:
-    """What one export request held: the acceptable spans and why others were rejected."""
+class Rejections:
+    """The items of one export request that were rejected: how many, and why (the first five),
+    for the response's ``partial_success``. The decoded batch of every signal extends it."""
 
-    spans: list[Span] = field(default_factory=list)
     rejected: int = 0
     errors: list[str] = field(default_factory=list)
-    # A protobuf bytes value was stored as base64 text, which is not in the body as such.
-    has_bytes: bool = False
 
     def reject(self, message: str) -> None:
         self.rejected += 1
@@ -53,12 +51,20 @@ class DecodedBatch:
     def error_message(self) -> str:
         if not self.rejected:
             return ""
-        more = (
-            ""
-            if self.rejected <= len(self.errors)
-            else f" (and {self.rejected - len(self.errors)} more)"
-        )
-        return "; ".join(self.errors) + more
+        more = self.rejected - len(self.errors)
+        return "; ".join(self.errors) + (f" (and {more} more)" if more > 0 else "")
+
+
+_Batch = TypeVar("_Batch", bound=Rejections)
+
+
+@dataclass(slots=True)
+class DecodedBatch(Rejections):
+    """What one export request held: the acceptable spans and why others were rejected."""
+
+    spans: list[Span] = field(default_factory=list)
+    # A protobuf bytes value was stored as base64 text, which is not in the body as such.
+    has_bytes: bool = False
 
 
 # --- protobuf -----------------------------------------------------------------------------------
@@ -100,15 +106,20 @@ def _pb_attributes(attributes: Iterable[Any], batch: DecodedBatch | None = None)
     return out
 
 
-def decode_protobuf(body: bytes) -> DecodedBatch:
-    """Decode an ``ExportTraceServiceRequest`` in binary protobuf."""
-    request = trace_service_pb2.ExportTraceServiceRequest()
+def parse_protobuf(request: Any, body: bytes) -> None:
+    """Parse ``body`` into the (empty) export request message ``request`` of any signal."""
     try:
         request.ParseFromString(body)
     except (DecodeError, ValueError, RecursionError) as exc:
         raise OtlpDecodeError(
-            f"body is not a valid OTLP protobuf ExportTraceServiceRequest: {exc}"
+            f"body is not a valid OTLP protobuf {request.DESCRIPTOR.name}: {exc}"
         ) from exc
+
+
+def decode_protobuf(body: bytes) -> DecodedBatch:
+    """Decode an ``ExportTraceServiceRequest`` in binary protobuf."""
+    request = trace_service_pb2.ExportTraceServiceRequest()
+    parse_protobuf(request, body)
     batch = DecodedBatch()
     for resource_spans in request.resource_spans:
         resource = _pb_attributes(resource_spans.resource.attributes, batch)
@@ -275,15 +286,25 @@ def _json_list(obj: Mapping[str, Any], camel: str, snake: str) -> list[Any]:
 
 def decode_json(body: bytes) -> DecodedBatch:
     """Decode an ``ExportTraceServiceRequest`` in the OTLP/JSON encoding."""
+    return decode_json_request(body, "resourceSpans", _decode_json_doc, DecodedBatch())
+
+
+def decode_json_request(
+    body: bytes,
+    resources_field: str,
+    walk: Callable[[Mapping[str, Any], _Batch], None],
+    batch: _Batch,
+) -> _Batch:
+    """Load an OTLP/JSON export request of any signal (an object with ``resources_field``) and
+    ``walk`` it into ``batch``; a body of the wrong shape raises ``OtlpDecodeError``."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise OtlpDecodeError(f"body is not valid JSON: {exc}") from exc
     if not isinstance(doc, Mapping):
-        raise OtlpDecodeError("body must be a JSON object with resourceSpans")
-    batch = DecodedBatch()
+        raise OtlpDecodeError(f"body must be a JSON object with {resources_field}")
     try:
-        _decode_json_doc(doc, batch)
+        walk(doc, batch)
     except RecursionError as exc:
         raise OtlpDecodeError("body is nested too deeply") from exc
     except (TypeError, AttributeError) as exc:

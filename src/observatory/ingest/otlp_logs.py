@@ -30,13 +30,13 @@ from observatory.ingest.otlp import (
     _json_value,
     _pb_attributes,
     _pb_value,
+    parse_protobuf,
 )
 from observatory.ingest.otlp_signals import (
     MAX_INT64,
     DecodedRecords,
     decode_json,
     json_items,
-    parse_protobuf,
     pb_items,
     to_json,
 )

@@ -28,13 +28,13 @@ from observatory.ingest.otlp import (
     _json_int,
     _json_list,
     _pb_attributes,
+    parse_protobuf,
 )
 from observatory.ingest.otlp_signals import (
     MAX_INT64,
     DecodedRecords,
     decode_json,
     json_items,
-    parse_protobuf,
     pb_items,
     to_json,
 )

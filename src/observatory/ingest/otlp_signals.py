@@ -13,34 +13,26 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from google.protobuf.message import DecodeError
 
-from observatory.ingest.otlp import OtlpDecodeError, _json_attributes, _json_list, _pb_attributes
+from observatory.ingest.otlp import (
+    OtlpDecodeError,
+    Rejections,
+    _json_attributes,
+    _json_list,
+    _pb_attributes,
+    decode_json_request,
+)
 
 MAX_INT64 = 2**63
 
 
 @dataclass(slots=True)
-class DecodedRecords:
+class DecodedRecords(Rejections):
     """What one export request held: rows to store, records rejected (and why), and records
     acknowledged but not stored (``ignored``: metrics not named ``gen_ai.*``)."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
-    rejected: int = 0
     ignored: int = 0
-    errors: list[str] = field(default_factory=list)
-
-    def reject(self, message: str) -> None:
-        self.rejected += 1
-        if len(self.errors) < 5:
-            self.errors.append(message)
-
-    @property
-    def error_message(self) -> str:
-        if not self.rejected:
-            return ""
-        more = self.rejected - len(self.errors)
-        return "; ".join(self.errors) + (f" (and {more} more)" if more > 0 else "")
 
 
 def to_json(value: Any) -> str:
@@ -49,16 +41,6 @@ def to_json(value: Any) -> str:
 
 
 # --- protobuf -----------------------------------------------------------------------------------
-
-
-def parse_protobuf(request: Any, body: bytes) -> None:
-    """Parse ``body`` into the (empty) export request message ``request``."""
-    try:
-        request.ParseFromString(body)
-    except (DecodeError, ValueError, RecursionError) as exc:
-        raise OtlpDecodeError(
-            f"body is not a valid OTLP protobuf {request.DESCRIPTOR.name}: {exc}"
-        ) from exc
 
 
 def pb_items(
@@ -81,20 +63,7 @@ def decode_json(
 ) -> DecodedRecords:
     """Load an OTLP/JSON body (an object with ``resources_field``) and ``walk`` it into a batch;
     a body of the wrong shape raises ``OtlpDecodeError``."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise OtlpDecodeError(f"body is not valid JSON: {exc}") from exc
-    if not isinstance(doc, Mapping):
-        raise OtlpDecodeError(f"body must be a JSON object with {resources_field}")
-    batch = DecodedRecords()
-    try:
-        walk(doc, batch)
-    except RecursionError as exc:
-        raise OtlpDecodeError("body is nested too deeply") from exc
-    except (TypeError, AttributeError) as exc:
-        raise OtlpDecodeError(f"body does not have the OTLP/JSON shape: {exc}") from exc
-    return batch
+    return decode_json_request(body, resources_field, walk, DecodedRecords())
 
 
 def json_items(

@@ -5,7 +5,7 @@ import pytest
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 
-from observatory.ingest import otlp_signals
+from observatory.ingest import otlp, otlp_signals
 from observatory.ingest.otlp import OtlpDecodeError
 
 
@@ -27,7 +27,7 @@ def test_error_message_names_the_first_five_problems_and_counts_the_rest() -> No
 )
 def test_an_undecodable_protobuf_body_names_the_request_type(request_type: type, name: str) -> None:
     with pytest.raises(OtlpDecodeError, match=f"not a valid OTLP protobuf {name}:"):
-        otlp_signals.parse_protobuf(request_type(), b"\xff\xff\xff")
+        otlp.parse_protobuf(request_type(), b"\xff\xff\xff")
 
 
 def test_pb_items_hand_over_each_item_with_its_resource_and_scope() -> None:
