@@ -357,14 +357,16 @@ class Bench:
             )
             self.log(f"{name}: loading {spans:,} spans over {self.opts.days} days")
             out["load"] = loader.load(plan, project_id)
+            out["load"]["cube_seconds"] = loader.compact(database_url)
             out["load"]["analyze_seconds"] = loader.analyze(database_url)
             self.log(
                 f"{name}: loaded in {out['load']['seconds']}s "
-                f"({out['load']['spans_per_s']:,.0f} spans/s), analyze "
-                f"{out['load']['analyze_seconds']}s"
+                f"({out['load']['spans_per_s']:,.0f} spans/s), rollup cube "
+                f"{out['load']['cube_seconds']}s, analyze {out['load']['analyze_seconds']}s"
             )
         else:
             loader.setup_database(database_url, directory, self.admin_key)
+            loader.compact(database_url)
         trace_ids = queries.sample_trace_ids(database_url, 200, self.opts.seed)
         out["trace_ids_sampled"] = len(trace_ids)
         requests = self.opts.query_requests

@@ -262,6 +262,21 @@ def load(plan: LoadPlan, project_id: int) -> dict[str, Any]:
     }
 
 
+def compact(database_url: str) -> float:
+    """Build the rollup cube of every loaded hour, as the server's compaction rounds would (the
+    dashboards read it); returns seconds."""
+    from observatory.store import cube
+    from observatory.store.engine import Database
+
+    started = time.monotonic()
+    db = Database(database_url, None, pool_size=1)
+    try:
+        cube.compact(db)
+    finally:
+        db.dispose()
+    return round(time.monotonic() - started, 1)
+
+
 def analyze(database_url: str) -> float:
     """Refresh planner statistics (and the visibility map on PostgreSQL); returns seconds."""
     from sqlalchemy import text

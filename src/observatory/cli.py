@@ -110,6 +110,18 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollups(args: argparse.Namespace) -> int:
+    from observatory.store import cube
+
+    db = _migrated(_settings(args))
+    result = cube.compact(db)
+    if result.skipped:
+        print("another process is compacting the rollup cube; try again later", file=sys.stderr)
+        return 1
+    print(f"rollup cube: rebuilt {result.hours} hours in {result.seconds:.1f} s")
+    return 0
+
+
 def cmd_projects(args: argparse.Namespace) -> int:
     from observatory.store import admin
 
@@ -348,6 +360,16 @@ def build_parser() -> argparse.ArgumentParser:
     pls.add_argument("--project", required=True)
     common(pls)
     prices.set_defaults(func=cmd_prices)
+
+    rollups = sub.add_parser("rollups", help="maintain the dashboard rollups")
+    rsub = rollups.add_subparsers(dest="action", required=True)
+    rc = rsub.add_parser(
+        "compact",
+        help="build the pre-merged hourly latency histograms (the cube) of every changed hour "
+        "now, instead of waiting for the server's compaction rounds",
+    )
+    common(rc)
+    rollups.set_defaults(func=cmd_rollups)
 
     settings_cmd = sub.add_parser(
         "settings", help="print every setting with its environment variable"

@@ -334,6 +334,15 @@ REGISTRY: tuple[Setting, ...] = (
         minimum=0,
     ),
     Setting(
+        "cube_interval_seconds",
+        60,
+        _parse_int,
+        "How often the server builds the pre-merged hourly latency histograms (the rollup cube) "
+        "of hours whose rollups changed (one server of a cluster); 0 disables it, and dashboards "
+        "then read the per-dimension rollups.",
+        minimum=0,
+    ),
+    Setting(
         "alert_interval_seconds",
         60,
         _parse_int,
@@ -442,6 +451,7 @@ class Settings:
     retention_audit_days: int = 365
     retention_logs_days: int = 90
     retention_interval_seconds: int = 3600
+    cube_interval_seconds: int = 60
     alert_interval_seconds: int = 60
     alert_renotify_seconds: int = 0
     alert_base_url: str | None = None

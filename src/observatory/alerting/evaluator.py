@@ -70,7 +70,7 @@ def measure(conn: Connection, rule: AlertRule, now_ns: int) -> Decimal | None:
         )
     else:
         rows = queries.analytics(conn, rule.project_id, f, llm_only=True, limit=1)
-    total: dict[str, Any] = rows[0] if rows else queries._finish(queries._zero_totals(), [])
+    total: dict[str, Any] = rows[0] if rows else queries._finish(queries._zero_totals(), 0)
     return metric_value(rule.metric, total)
 
 

@@ -6,7 +6,7 @@ import time
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from observatory.api.deps import Require, state
@@ -21,6 +21,12 @@ DEFAULT_RANGE_NS = 24 * 3600 * 1_000_000_000
 GROUPS = "^(model|provider|service|operation|environment|user|session)$"
 # At most this many points per series, so a 1m bucket over 30 days is refused, not computed.
 MAX_BUCKETS = 5000
+
+
+def _json(body: dict[str, Any]) -> Response:
+    """The answer encoded by orjson directly: a 30-day hourly series grouped by model has ~4,000
+    points, which FastAPI's generic encoder takes ~30x longer to walk."""
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 def _default_range(filters: Filters) -> Filters:
@@ -55,7 +61,11 @@ async def _run(
     return await run_in_threadpool(st.cache.get_or_compute, key.project_id, cache_key, compute)
 
 
-@router.get("/summary", summary="Totals over a time range, optionally grouped")
+@router.get(
+    "/summary",
+    summary="Totals over a time range, optionally grouped",
+    response_model=dict[str, Any],
+)
 async def summary(
     request: Request,
     key: Annotated[ApiKey, Depends(reader)],
@@ -63,7 +73,7 @@ async def summary(
     group_by: Annotated[str | None, Query(pattern=GROUPS)] = None,
     llm_only: bool = True,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> dict[str, Any]:
+) -> Response:
     filters = _default_range(filters)
     rows = await _run(
         request,
@@ -76,23 +86,31 @@ async def summary(
         limit=limit,
     )
     if group_by is None:
-        total = rows[0] if rows else queries._finish(queries._zero_totals(), [])
+        total = rows[0] if rows else queries._finish(queries._zero_totals(), 0)
         total.pop("group", None)
         total.pop("bucket_start_unix_s", None)
-        return {
+        return _json(
+            {
+                "start_time_unix_nano": filters.start_time,
+                "end_time_unix_nano": filters.end_time,
+                "total": total,
+            }
+        )
+    return _json(
+        {
             "start_time_unix_nano": filters.start_time,
             "end_time_unix_nano": filters.end_time,
-            "total": total,
+            "group_by": group_by,
+            "groups": rows,
         }
-    return {
-        "start_time_unix_nano": filters.start_time,
-        "end_time_unix_nano": filters.end_time,
-        "group_by": group_by,
-        "groups": rows,
-    }
+    )
 
 
-@router.get("/timeseries", summary="Aggregates per time bucket, optionally per group")
+@router.get(
+    "/timeseries",
+    summary="Aggregates per time bucket, optionally per group",
+    response_model=dict[str, Any],
+)
 async def timeseries(
     request: Request,
     key: Annotated[ApiKey, Depends(reader)],
@@ -100,7 +118,7 @@ async def timeseries(
     bucket: Annotated[str, Query(pattern="^(1m|5m|15m|1h|6h|1d)$")] = "1h",
     group_by: Annotated[str | None, Query(pattern=GROUPS)] = None,
     llm_only: bool = True,
-) -> dict[str, Any]:
+) -> Response:
     filters = _default_range(filters)
     assert filters.start_time is not None
     span_ns = (filters.end_time or time.time_ns()) - filters.start_time
@@ -120,10 +138,12 @@ async def timeseries(
         llm_only=llm_only,
         limit=100_000,
     )
-    return {
-        "start_time_unix_nano": filters.start_time,
-        "end_time_unix_nano": filters.end_time,
-        "bucket": bucket,
-        "group_by": group_by,
-        "points": rows,
-    }
+    return _json(
+        {
+            "start_time_unix_nano": filters.start_time,
+            "end_time_unix_nano": filters.end_time,
+            "bucket": bucket,
+            "group_by": group_by,
+            "points": rows,
+        }
+    )

@@ -9,9 +9,15 @@ exact ones.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import sys
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
+from itertools import accumulate
 
 MIN_MS = 0.01
+# The percentiles the API reports (``latency_ms.p50`` …), and the rollup cube stores per cell.
+QUANTILES = (0.5, 0.9, 0.95, 0.99)
+PERCENTILE_NAMES = tuple(f"p{int(q * 100)}" for q in QUANTILES)
 STEPS_PER_DOUBLING = 8
 MAX_INDEX = 320  # ~ 0.01 ms · 2^40 ≈ 127 days
 _LOG_RATIO = math.log(2) / STEPS_PER_DOUBLING
@@ -69,3 +75,45 @@ def percentiles(
                 result[q] = bucket_value(index)
                 break
     return result
+
+
+# --- packed histograms --------------------------------------------------------------------------
+# A histogram can also be one Python int: bucket i's count in bits [64·i, 64·i + 64). Adding two
+# such ints adds every bucket at once (a count never reaches 2^63, so no carry crosses a field),
+# which makes merging thousands of histograms cheap. Stored, a packed histogram is the first
+# non-empty bucket's index and the little-endian 8-byte counts from there to the last one.
+
+FIELD_BITS = 64
+_FIELD_BYTES = FIELD_BITS // 8
+
+
+def pack(index: int, count: int) -> int:
+    """``count`` in bucket ``index`` as a packed histogram."""
+    return int(count) << (FIELD_BITS * int(index))
+
+
+def to_stored(packed: int) -> tuple[int, bytes]:
+    """(first bucket, counts from it to the last non-empty one) of a non-empty histogram."""
+    lo = ((packed & -packed).bit_length() - 1) // FIELD_BITS
+    hi = (packed.bit_length() - 1) // FIELD_BITS
+    return lo, (packed >> (FIELD_BITS * lo)).to_bytes(_FIELD_BYTES * (hi - lo + 1), "little")
+
+
+def from_stored(lo: int, counts: bytes) -> int:
+    return int.from_bytes(counts, "little") << (FIELD_BITS * lo)
+
+
+def packed_percentiles(packed: int, quantiles: Sequence[float]) -> list[float | None]:
+    """The same percentiles as :func:`percentiles`, in the order given, from a packed
+    histogram."""
+    if packed <= 0:
+        return [None] * len(quantiles)
+    lo = ((packed & -packed).bit_length() - 1) // FIELD_BITS
+    hi = (packed.bit_length() - 1) // FIELD_BITS
+    window = (packed >> (FIELD_BITS * lo)).to_bytes(_FIELD_BYTES * (hi - lo + 1), sys.byteorder)
+    running = list(accumulate(memoryview(window).cast("Q")))
+    total = running[-1]
+    return [_VALUES[lo + bisect_left(running, max(1, math.ceil(q * total)))] for q in quantiles]
+
+
+_VALUES = [bucket_value(index) for index in range(MAX_INDEX + 1)]

@@ -24,7 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
 
-from observatory.store import histogram
+from observatory.store import cube, histogram
 from observatory.store import logs as log_store
 from observatory.store.schema import (
     ROLLUP_DIMENSIONS,
@@ -36,7 +36,7 @@ from observatory.store.schema import (
     traces,
 )
 
-QUANTILES = (0.5, 0.9, 0.95, 0.99)
+QUANTILES = histogram.QUANTILES
 BUCKET_SECONDS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "6h": 21600, "1d": 86400}
 GROUP_BY_ROLLUP = {
     "model": "model",
@@ -122,7 +122,8 @@ def _money(value: Any) -> str | None:
     """Money leaves the API as a decimal string so no precision is lost in JSON."""
     if value is None:
         return None
-    return format(Decimal(value).normalize(), "f") if Decimal(value) != 0 else "0"
+    amount = Decimal(value)
+    return format(amount.normalize(), "f") if amount != 0 else "0"
 
 
 # --- traces -------------------------------------------------------------------------------------
@@ -479,9 +480,40 @@ def _zero_totals() -> dict[str, Any]:
     }
 
 
-def _finish(acc: dict[str, Any], hist: Sequence[tuple[int, int]]) -> dict[str, Any]:
+class _CubeHistogram:
+    """The histogram of one cube row, with its stored percentiles: used as it is when nothing
+    else adds to its point (an hourly series), unpacked only to be merged."""
+
+    __slots__ = ("counts", "lo", "percentiles")
+
+    def __init__(self, lo: int, counts: bytes | None, percentiles: list[float | None]) -> None:
+        self.lo = lo
+        self.counts = counts
+        self.percentiles = percentiles
+
+
+Histogram = int | _CubeHistogram  # packed (store/histogram.py), or one cube row's
+
+
+def _packed(hist: Histogram) -> int:
+    if isinstance(hist, _CubeHistogram):
+        assert hist.counts is not None, "a point made of several cube rows read without histograms"
+        return histogram.from_stored(hist.lo, hist.counts) if hist.counts else 0
+    return hist
+
+
+def _add_histogram(hists: dict[tuple[int, Any], Histogram], key: Any, hist: Histogram) -> None:
+    have = hists.get(key)
+    hists[key] = hist if have is None else _packed(have) + _packed(hist)
+
+
+def _finish(acc: dict[str, Any], hist: Histogram) -> dict[str, Any]:
+    """The API's aggregate item from summed totals and a latency histogram."""
     requests = acc["requests"]
-    pct = histogram.percentiles(hist, QUANTILES)
+    if isinstance(hist, _CubeHistogram):
+        percentiles = hist.percentiles
+    else:
+        percentiles = histogram.packed_percentiles(hist, QUANTILES)
     return {
         "requests": requests,
         "errors": acc["errors"],
@@ -494,8 +526,20 @@ def _finish(acc: dict[str, Any], hist: Sequence[tuple[int, int]]) -> dict[str, A
         "total_tokens": acc["input_tokens"] + acc["output_tokens"],
         "cost_usd": _money(acc["cost_usd"]),
         "avg_latency_ms": (acc["duration_ms_sum"] / requests) if requests else None,
-        "latency_ms": {f"p{int(q * 100)}": pct[q] for q in QUANTILES},
+        "latency_ms": dict(zip(histogram.PERCENTILE_NAMES, percentiles, strict=True)),
     }
+
+
+def _dimension_filters(f: Filters) -> dict[str, str]:
+    """The filters on rollup dimensions, by column."""
+    pairs = (
+        ("service_name", f.service),
+        ("provider", f.provider),
+        ("model", f.model),
+        ("operation", f.operation),
+        ("environment", f.environment),
+    )
+    return {column: value for column, value in pairs if value}
 
 
 def _rollup_conditions(
@@ -507,15 +551,8 @@ def _rollup_conditions(
         cond.append(c.bucket_start_unix_s >= lo_s)
     if hi_s is not None:
         cond.append(c.bucket_start_unix_s < hi_s)
-    for value, column in (
-        (f.service, c.service_name),
-        (f.provider, c.provider),
-        (f.model, c.model),
-        (f.operation, c.operation),
-        (f.environment, c.environment),
-    ):
-        if value:
-            cond.append(column == value)
+    for column, value in _dimension_filters(f).items():
+        cond.append(getattr(c, column) == value)
     if llm_only:
         cond.append(c.model != "")
     return cond
@@ -622,47 +659,147 @@ def _analytics_rollups(
     limit: int,
 ) -> list[dict[str, Any]]:
     step = BUCKET_SECONDS[bucket] if bucket else None
+    group_column = GROUP_BY_ROLLUP[group_by] if group_by else None
     accs: dict[tuple[int, Any], dict[str, Any]] = {}
-    hists: dict[tuple[int, Any], dict[int, int]] = {}
+    hists: dict[tuple[int, Any], Histogram] = {}
     for sums_table, latency_table, lo, hi in rollup_segments(f, step):
-        r = sums_table.c
-        b = _bucket_expr(r.bucket_start_unix_s, step).label("b")
-        g = (getattr(r, GROUP_BY_ROLLUP[group_by]) if group_by else literal_column("''")).label("g")
-        keys = [k for k, used in ((b, step is not None), (g, group_by is not None)) if used]
-        rows = conn.execute(
-            select(b, g, *[func.sum(getattr(r, name)).label(name) for name in _SUM_NAMES])
-            .where(*_rollup_conditions(sums_table, project_id, f, llm_only, lo, hi))
-            .group_by(*keys)
-        ).all()
-        for row in rows:
-            if row.requests is None:
-                continue
-            acc = accs.setdefault((int(row.b), row.g), _zero_totals())
-            # PostgreSQL sums BIGINT as NUMERIC; bring the counts back to int.
-            for name in _SUM_NAMES[:7]:
-                acc[name] += int(getattr(row, name) or 0)
-            acc["cost_usd"] += Decimal(row.cost_usd or 0)
-            acc["duration_ms_sum"] += float(row.duration_ms_sum or 0)
-        lat = latency_table.c
-        lb = _bucket_expr(lat.bucket_start_unix_s, step).label("b")
-        lg = (getattr(lat, GROUP_BY_ROLLUP[group_by]) if group_by else literal_column("''")).label(
-            "g"
-        )
-        lkeys = [k for k, used in ((lb, step is not None), (lg, group_by is not None)) if used]
-        for hb, hg, index, count in conn.execute(
-            select(lb, lg, lat.bucket_index, func.sum(lat.count))
-            .where(*_rollup_conditions(latency_table, project_id, f, llm_only, lo, hi))
-            .group_by(*lkeys, lat.bucket_index)
-        ):
-            hist = hists.setdefault((int(hb), hg), {})
-            hist[index] = hist.get(index, 0) + int(count)
+        q = _RollupQuery(project_id, f, group_column, llm_only, step, lo, hi)
+        hours = _from_cube(conn, q, accs, hists) if latency_table is rollups_1h_latency else None
+        if hours is None or hours:
+            _from_sums(conn, sums_table, q, hours, accs)
+            _from_latency_rows(conn, latency_table, q, hours, hists)
     out = []
     for key, acc in accs.items():
-        item = _finish(acc, list(hists.get(key, {}).items()))
+        item = _finish(acc, hists.get(key, 0))
         item["bucket_start_unix_s"] = key[0] if step else None
         item["group"] = key[1] if group_by else None
         out.append(item)
     return _order_and_limit(out, bucket, limit)
+
+
+@dataclass(frozen=True)
+class _RollupQuery:
+    """One segment of a dashboard query over the rollups (see rollup_segments)."""
+
+    project_id: int
+    f: Filters
+    group_column: str | None
+    llm_only: bool
+    step: int | None
+    lo: int | None
+    hi: int | None
+
+    def key(self, bucket_start: int, group: Any) -> tuple[int, Any]:
+        return (bucket_start // self.step * self.step if self.step else 0, group)
+
+    def grouping(self, table: Table) -> tuple[Any, Any, list[Any]]:
+        """(bucket, group, GROUP BY keys) expressions over a rollup table."""
+        b = _bucket_expr(table.c.bucket_start_unix_s, self.step).label("b")
+        column = getattr(table.c, self.group_column) if self.group_column else literal_column("''")
+        g = column.label("g")
+        keys = [k for k, used in ((b, self.step), (g, self.group_column)) if used is not None]
+        return b, g, keys
+
+    def conditions(self, table: Table, hours: set[int] | None) -> list[ColumnElement[bool]]:
+        cond = _rollup_conditions(table, self.project_id, self.f, self.llm_only, self.lo, self.hi)
+        if hours is not None:
+            cond.append(table.c.bucket_start_unix_s.in_(sorted(hours)))
+        return cond
+
+
+def _add_sums(acc: dict[str, Any], sums: Sequence[Any]) -> None:
+    """Add rollup sums (in _SUM_NAMES order) to a total. PostgreSQL sums BIGINT as NUMERIC:
+    the counts come back to int."""
+    for name, value in zip(_SUM_NAMES[:7], sums, strict=False):
+        acc[name] += int(value or 0)
+    acc["cost_usd"] += Decimal(sums[7] or 0)
+    acc["duration_ms_sum"] += float(sums[8] or 0)
+
+
+# A range with more hours than this missing from the cube (not built yet) reads the rows instead.
+CUBE_MAX_STALE_HOURS = 48
+
+
+def _from_cube(
+    conn: Connection,
+    q: _RollupQuery,
+    accs: dict[tuple[int, Any], dict[str, Any]],
+    hists: dict[tuple[int, Any], Histogram],
+) -> set[int] | None:
+    """Add the sums and histograms of the hours the cube holds; return the hours it does not
+    hold (to read from the rollup rows), or None when the cube cannot answer this query."""
+    filters = _dimension_filters(q.f)
+    mask = cube.mask_of([*filters, *([q.group_column] if q.group_column else [])])
+    if mask is None:
+        return None
+    valid, stale = cube.valid_hours(conn, q.project_id, q.lo, q.hi)
+    if not valid or len(stale) > CUBE_MAX_STALE_HOURS:
+        return None
+    # An hourly series of LLM calls has one cube row per point (llm = 1, one value per group):
+    # the stored percentiles are its percentiles, the histograms need not leave the database.
+    one_row_per_point = q.step == HOUR and q.llm_only
+    rows = cube.read(
+        conn,
+        q.project_id,
+        mask,
+        filters,
+        q.group_column,
+        q.llm_only,
+        q.lo,
+        q.hi,
+        histograms=not one_row_per_point,
+    )
+    sums_end = 2 + len(_SUM_NAMES)
+    for row in rows:
+        if row[0] not in valid:
+            continue
+        key = q.key(row[0], row[1])
+        acc = accs.get(key)
+        if acc is None:  # the cube's columns are typed: int, Decimal, float as in a total
+            accs[key] = dict(zip(_SUM_NAMES, row[2:sums_end], strict=True))
+        else:
+            _add_sums(acc, row[2:sums_end])
+        _add_histogram(hists, key, _CubeHistogram(row[-2], row[-1], list(row[sums_end:-2])))
+    return stale
+
+
+def _from_sums(
+    conn: Connection,
+    sums_table: Table,
+    q: _RollupQuery,
+    hours: set[int] | None,
+    accs: dict[tuple[int, Any], dict[str, Any]],
+) -> None:
+    """Add the sums of the per-dimension rollup rows (of ``hours`` only, if given)."""
+    b, g, keys = q.grouping(sums_table)
+    rows = conn.execute(
+        select(b, g, *[func.sum(getattr(sums_table.c, name)) for name in _SUM_NAMES])
+        .where(*q.conditions(sums_table, hours))
+        .group_by(*keys)
+    ).all()
+    for b_value, g_value, *sums in rows:
+        if sums[0] is None:
+            continue
+        _add_sums(accs.setdefault((int(b_value), g_value), _zero_totals()), sums)
+
+
+def _from_latency_rows(
+    conn: Connection,
+    latency_table: Table,
+    q: _RollupQuery,
+    hours: set[int] | None,
+    hists: dict[tuple[int, Any], Histogram],
+) -> None:
+    """Add the histograms of the per-dimension latency rows (of ``hours`` only, if given)."""
+    lat = latency_table.c
+    b, g, keys = q.grouping(latency_table)
+    for hb, hg, index, count in conn.execute(
+        select(b, g, lat.bucket_index, func.sum(lat.count))
+        .where(*q.conditions(latency_table, hours))
+        .group_by(*keys, lat.bucket_index)
+    ):
+        key = (int(hb), hg)
+        _add_histogram(hists, key, histogram.pack(index, int(count)))
 
 
 def _order_and_limit(
@@ -727,13 +864,13 @@ def _analytics_raw(
         )
     rows = conn.execute(query.where(*cond)).all()
     accs: dict[tuple[int, Any], dict[str, Any]] = {}
-    hists: dict[tuple[int, Any], dict[int, int]] = {}
+    hists: dict[tuple[int, Any], int] = {}
     for row in rows:
         key = (int(row.b), row.g)
         acc = accs.get(key)
         if acc is None:
             acc = accs[key] = _zero_totals()
-            hists[key] = {}
+            hists[key] = 0
         acc["requests"] += 1
         acc["errors"] += row.status_code == 2
         for name in (
@@ -746,11 +883,10 @@ def _analytics_raw(
             acc[name] += getattr(row, name) or 0
         acc["cost_usd"] += row.total_cost_usd or 0
         acc["duration_ms_sum"] += row.duration_ms
-        index = histogram.bucket_index(row.duration_ms)
-        hists[key][index] = hists[key].get(index, 0) + 1
+        hists[key] += histogram.pack(histogram.bucket_index(row.duration_ms), 1)
     out = []
     for key, acc in accs.items():
-        item = _finish(acc, list(hists[key].items()))
+        item = _finish(acc, hists[key])
         item["bucket_start_unix_s"] = key[0] if step else None
         item["group"] = key[1] if group_by else None
         out.append(item)

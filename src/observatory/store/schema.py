@@ -18,6 +18,7 @@ from sqlalchemy import (
     Double,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     PrimaryKeyConstraint,
@@ -29,6 +30,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
+
+from observatory.store.histogram import PERCENTILE_NAMES
 
 USD_SCALE = Decimal("1e10")
 
@@ -247,11 +250,8 @@ def _rollup_key_columns() -> list[Column[Any]]:
     ]
 
 
-def _rollup_table(name: str) -> Table:
-    return Table(
-        name,
-        metadata,
-        *_rollup_key_columns(),
+def _sum_columns() -> list[Column[Any]]:
+    return [
         Column("requests", BigInteger, nullable=False),
         Column("errors", BigInteger, nullable=False),
         Column("input_tokens", BigInteger, nullable=False),
@@ -261,6 +261,15 @@ def _rollup_table(name: str) -> Table:
         Column("reasoning_tokens", BigInteger, nullable=False),
         Column("cost_usd", UsdAmount, nullable=False),
         Column("duration_ms_sum", Double, nullable=False),
+    ]
+
+
+def _rollup_table(name: str) -> Table:
+    return Table(
+        name,
+        metadata,
+        *_rollup_key_columns(),
+        *_sum_columns(),
         PrimaryKeyConstraint(*ROLLUP_KEY, name=f"pk_{name}"),
     )
 
@@ -283,6 +292,45 @@ rollups_1m = _rollup_table("rollups_1m")
 rollups_1m_latency = _latency_table("rollups_1m_latency")
 rollups_1h = _rollup_table("rollups_1h")
 rollups_1h_latency = _latency_table("rollups_1h_latency")
+
+# Hourly rollups pre-merged per dimension set (store/cube.py): one row per hour and value
+# combination of at most two rollup dimensions (``dims``, a bit mask over ROLLUP_DIMENSIONS; the
+# dimensions outside it are ''), split by ``llm`` (model != ''): the sums, and the latency
+# histogram packed (store/histogram.to_stored): ``lo`` is its first bucket, ``counts`` the
+# 8-byte little-endian counts from there; ``p50`` … its percentiles (histogram.QUANTILES), so an
+# hourly series need not compute them. Derived from rollups_1h_latency after the hour, and
+# trusted only for hours whose totals still match the stamp in rollups_1h_cube_hours.
+rollups_1h_cube = Table(
+    "rollups_1h_cube",
+    metadata,
+    Column("project_id", BigInteger, nullable=False),
+    Column("dims", SmallInteger, nullable=False),
+    Column("bucket_start_unix_s", BigInteger, nullable=False),
+    Column("llm", SmallInteger, nullable=False),
+    *[Column(d, Text, nullable=False, server_default="") for d in ROLLUP_DIMENSIONS],
+    *_sum_columns(),
+    *[Column(name, Double) for name in PERCENTILE_NAMES],
+    Column("lo", SmallInteger, nullable=False),
+    Column("counts", LargeBinary, nullable=False),
+    PrimaryKeyConstraint(
+        "project_id",
+        "dims",
+        "bucket_start_unix_s",
+        "llm",
+        *ROLLUP_DIMENSIONS,
+        name="pk_rollups_1h_cube",
+    ),
+)
+# The rollups_1h totals of an hour when its cube rows were built.
+CUBE_STAMP_SUMS: tuple[str, ...] = ("requests", "errors", "input_tokens", "output_tokens")
+rollups_1h_cube_hours = Table(
+    "rollups_1h_cube_hours",
+    metadata,
+    Column("project_id", BigInteger, nullable=False),
+    Column("bucket_start_unix_s", BigInteger, nullable=False),
+    *[Column(name, BigInteger, nullable=False) for name in CUBE_STAMP_SUMS],
+    PrimaryKeyConstraint("project_id", "bucket_start_unix_s", name="pk_rollups_1h_cube_hours"),
+)
 
 audit_log = Table(
     "audit_log",
