@@ -226,11 +226,18 @@ def create_app(settings: Settings, *, print_banner: bool = False) -> FastAPI:
     def store_factory() -> Any:
         return open_span_store(url.dialect, dsn=url.libpq_dsn, path=url.sqlite_path)
 
+    def invalidate(projects: set[int]) -> None:
+        # In the writer thread, after the batch committed and before its requests are answered:
+        # a client that reads right after its export never gets an answer cached before it.
+        for project_id in projects:
+            cache.bump(project_id)
+
     writer = GroupCommitWriter(
         store_factory,
         queue_max_spans=settings.writer_queue_max_spans,
         batch_max_spans=settings.writer_batch_max_spans,
         max_wait_ms=settings.writer_max_wait_ms,
+        on_commit=invalidate,
     )
     preparer = PreparePool(
         resolve_processes(settings.ingest_processes), encode=url.dialect == "postgresql"

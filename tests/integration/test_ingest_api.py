@@ -391,3 +391,21 @@ def test_hourly_rollups_answer_exactly_like_minutes(app: App, monkeypatch) -> No
         if not key[0]:
             assert rounded(value) == rounded(results[(True, *key[1:])]), key
             assert value and value[0]["requests"] > 0
+
+
+def test_ingest_invalidates_cached_dashboards(app_factory, database_url, redis_url) -> None:  # type: ignore[no-untyped-def]
+    import redis
+
+    app = app_factory(database_url, redis_url=redis_url, cache_ttl_seconds=300)
+    client = redis.Redis.from_url(redis_url)
+    generation = "obs:gen:1"
+    before = int(client.get(generation) or 0)
+    assert app.ingest(protobuf_request(agent_trace(90, llm_calls=2))).status_code == 200
+    first = app.get("/api/v1/analytics/summary", params=RANGE).json()["total"]["requests"]
+    again = app.get("/api/v1/analytics/summary", params=RANGE).json()["total"]["requests"]
+    assert first == again == 2
+    # The next export commits, and its batch invalidates the project's cached answers (once per
+    # committed batch, before the export is answered): the very next read sees it.
+    assert app.ingest(protobuf_request(agent_trace(91, llm_calls=3))).status_code == 200
+    assert app.get("/api/v1/analytics/summary", params=RANGE).json()["total"]["requests"] == 5
+    assert int(client.get(generation) or 0) == before + 2

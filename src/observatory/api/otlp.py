@@ -240,7 +240,7 @@ async def process_export(
             )
     try:
         result = await st.writer.submit(
-            prepared.rows, settings.request_timeout_seconds, prepared.aggregates
+            prepared.rows, settings.request_timeout_seconds, prepared.aggregates, key.project_id
         )
     except Overloaded as exc:
         metrics.spans_rejected_total.labels("overload").inc(len(prepared.rows))
@@ -255,5 +255,4 @@ async def process_export(
     rejected_rows = set(result.rejected_rows)
     metrics.spans_accepted_total.inc(len(prepared.rows) - len(rejected_rows))
     count_llm_metrics(prepared.llm, rejected_rows)
-    await run_in_threadpool(st.cache.bump, key.project_id)
     return Outcome(200, message, rejected)

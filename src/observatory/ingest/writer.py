@@ -58,6 +58,7 @@ class _Pending:
     aggregates: Aggregates | None
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[WriteResult]
+    project_id: int | None = None
     enqueued_at: float = field(default_factory=time.monotonic)
 
 
@@ -119,7 +120,7 @@ class GroupCommitWriter:
         queue_max_spans: int,
         batch_max_spans: int,
         max_wait_ms: float,
-        on_commit: Callable[[int], None] | None = None,
+        on_commit: Callable[[set[int]], None] | None = None,
     ) -> None:
         self._store_factory = store_factory
         self._store: SpanStore | None = None
@@ -163,9 +164,18 @@ class GroupCommitWriter:
     # --- submission ------------------------------------------------------------------------------
 
     async def submit(
-        self, rows: Sequence[Any], timeout: float, aggregates: Aggregates | None = None
+        self,
+        rows: Sequence[Any],
+        timeout: float,
+        aggregates: Aggregates | None = None,
+        project_id: int | None = None,
     ) -> WriteResult:
-        """Queue rows (with their aggregates, if computed) and wait until they are committed."""
+        """Queue rows (with their aggregates, if computed) and wait until they are committed.
+
+        ``project_id`` (the rows' project) is handed to ``on_commit`` once the batch holding them
+        commits and before this returns: the server invalidates that project's cached answers
+        there, once per batch rather than once per request.
+        """
         if not rows:
             return WriteResult()
         if not self._accepting:
@@ -178,7 +188,7 @@ class GroupCommitWriter:
             self._pending_spans += len(rows)
             metrics.writer_queue_depth.set(self._pending_spans)
         loop = asyncio.get_running_loop()
-        pending = _Pending(rows, aggregates, loop, loop.create_future())
+        pending = _Pending(rows, aggregates, loop, loop.create_future(), project_id)
         self._queue.put(pending)
         # The write may still commit after a timeout; a retry of the same spans is idempotent.
         return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
@@ -287,15 +297,20 @@ class GroupCommitWriter:
             for p in batch:
                 self._commit_alone(p)
             return
-        self._committed(inserted, _stored(rows))
+        self._committed(inserted, _stored(rows), batch)
         for p in batch:
             self._finish(p, WriteResult())
 
-    def _committed(self, inserted: int, submitted: int) -> None:
+    def _committed(self, inserted: int, submitted: int, batch: Sequence[_Pending]) -> None:
         self._mark_up()
         metrics.spans_duplicate_total.inc(max(0, submitted - inserted))
-        if self._on_commit is not None:
-            self._on_commit(inserted)
+        if self._on_commit is None:
+            return
+        projects = {p.project_id for p in batch if p.project_id is not None}
+        try:
+            self._on_commit(projects)
+        except Exception:  # the data is committed whatever the callback does
+            log.warning("the commit callback failed", exc_info=True)
 
     def _commit_alone(self, pending: _Pending) -> None:
         try:
@@ -305,14 +320,15 @@ class GroupCommitWriter:
                 self._mark_down(exc)
                 self._finish(pending, Unavailable(self.last_error or "the database is unavailable"))
                 return
-            self._finish(pending, self._commit_each(pending.rows, exc))
+            self._finish(pending, self._commit_each(pending, exc))
             return
-        self._committed(inserted, _stored(pending.rows))
+        self._committed(inserted, _stored(pending.rows), [pending])
         self._finish(pending, WriteResult())
 
     def _commit_each(
-        self, rows: Sequence[Any], first_error: BaseException
+        self, pending: _Pending, first_error: BaseException
     ) -> WriteResult | BaseException:
+        rows = pending.rows
         inserted = 0
         rejected: list[int] = []
         message = f"rejected by the database: {str(first_error).splitlines()[0][:200]}"
@@ -326,5 +342,5 @@ class GroupCommitWriter:
                 rejected.append(index)
                 continue
             inserted += new
-        self._committed(inserted, _stored(rows) - len(rejected))
+        self._committed(inserted, _stored(rows) - len(rejected), [pending])
         return WriteResult(rejected, message if rejected else "")
