@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, literal_column, null, select
+from sqlalchemy import Connection, Table, delete, func, insert, literal_column, null, select
 
 from observatory.store import histogram
 from observatory.store.engine import Database, cluster_lock
@@ -68,39 +68,36 @@ def mask_of(dimensions: Iterable[str]) -> int | None:
 # --- building -----------------------------------------------------------------------------------
 
 
-def _hour_totals(conn: Connection, project_id: int | None, lo: int | None, hi: int | None) -> Any:
-    r = rollups_1h.c
-    cond = []
-    if project_id is not None:
-        cond.append(r.project_id == project_id)
+def _in_range(table: Table, project_id: int | None, lo: int | None, hi: int | None) -> list[Any]:
+    c = table.c
+    cond = [] if project_id is None else [c.project_id == project_id]
     if lo is not None:
-        cond.append(r.bucket_start_unix_s >= lo)
+        cond.append(c.bucket_start_unix_s >= lo)
     if hi is not None:
-        cond.append(r.bucket_start_unix_s < hi)
+        cond.append(c.bucket_start_unix_s < hi)
+    return cond
+
+
+def _hour_totals(conn: Connection, project_id: int | None, lo: int | None, hi: int | None) -> Any:
+    """Per (project, hour) in ``[lo, hi)``: the rollups_1h totals a stamp is made of."""
+    r = rollups_1h.c
     return conn.execute(
         select(
             r.project_id,
             r.bucket_start_unix_s,
             *[func.sum(getattr(r, name)).label(name) for name in CUBE_STAMP_SUMS],
         )
-        .where(*cond)
+        .where(*_in_range(rollups_1h, project_id, lo, hi))
         .group_by(r.project_id, r.bucket_start_unix_s)
     )
 
 
 def _stamps(conn: Connection, project_id: int | None, lo: int | None, hi: int | None) -> Any:
     s = rollups_1h_cube_hours.c
-    cond = []
-    if project_id is not None:
-        cond.append(s.project_id == project_id)
-    if lo is not None:
-        cond.append(s.bucket_start_unix_s >= lo)
-    if hi is not None:
-        cond.append(s.bucket_start_unix_s < hi)
     return conn.execute(
         select(
             s.project_id, s.bucket_start_unix_s, *[getattr(s, n) for n in CUBE_STAMP_SUMS]
-        ).where(*cond)
+        ).where(*_in_range(rollups_1h_cube_hours, project_id, lo, hi))
     )
 
 
@@ -319,11 +316,7 @@ def read(
     in ``[lo, hi)`` (the histogram as stored: see histogram.from_stored); without
     ``histograms``, ``lo`` and ``counts`` are 0 and None (for points made of one row each)."""
     c = rollups_1h_cube.c
-    cond = [c.project_id == project_id, c.dims == mask]
-    if lo is not None:
-        cond.append(c.bucket_start_unix_s >= lo)
-    if hi is not None:
-        cond.append(c.bucket_start_unix_s < hi)
+    cond = [*_in_range(rollups_1h_cube, project_id, lo, hi), c.dims == mask]
     for column, value in filters.items():
         cond.append(getattr(c, column) == value)
     if llm_only:
