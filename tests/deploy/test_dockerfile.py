@@ -7,11 +7,14 @@ directory (the volume) and /tmp (the tmpfs), the image's environment, and then /
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -24,7 +27,6 @@ from .conftest import (
     free_port,
     private_tmpdir,
     run,
-    stop_process,
     tool,
     wait_until,
 )
@@ -135,6 +137,41 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live processes (zombies excluded) of process group ``pgid``."""
+    members = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        state, pgrp = fields[0], int(fields[2])
+        if pgrp == pgid and state != "Z":
+            members.append(int(stat_file.parent.name))
+    return members
+
+
+def stop_sandbox(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    """Stop bwrap and every process started in the sandbox: SIGTERM, SIGKILL after ``timeout``.
+
+    Stopping bwrap alone is not enough: it kills its child through the parent-death signal
+    (--die-with-parent), but setpriv's change of user clears that signal, so the server would
+    outlive the sandbox. Every process of the sandbox is in the process group bwrap leads
+    (start_new_session), also once bwrap has exited and they have a new parent.
+    """
+    pgid = proc.pid
+    for sig, wait_seconds in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, sig)
+        deadline = time.monotonic() + wait_seconds
+        while time.monotonic() < deadline:
+            proc.poll()  # reap bwrap, our child
+            if not group_members(pgid):
+                return
+            time.sleep(0.1)
+    raise AssertionError(f"processes of the sandbox survived SIGKILL: {group_members(pgid)}")
+
+
 @pytest.mark.parametrize("role", ["api", "collector"])
 def test_server_runs_unprivileged_on_a_read_only_filesystem(role: str) -> None:
     if os.getuid() != 0:
@@ -182,8 +219,13 @@ def test_server_runs_unprivileged_on_a_read_only_filesystem(role: str) -> None:
         "serve",
     ]
     with log_path.open("wb") as log:
+        # Its own process group, so that teardown finds every process of the sandbox.
         proc = subprocess.Popen(
-            command, env=image_env(data, port, role), stdout=log, stderr=subprocess.STDOUT
+            command,
+            env=image_env(data, port, role),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
 
@@ -220,6 +262,8 @@ def test_server_runs_unprivileged_on_a_read_only_filesystem(role: str) -> None:
         assert written, "the server wrote nothing to its data directory"
         assert {p.stat().st_uid for p in written} == {UID}
     finally:
-        stop_process(proc)
-        shutil.rmtree(data, ignore_errors=True)
-        shutil.rmtree(log_path.parent, ignore_errors=True)
+        try:
+            stop_sandbox(proc)
+        finally:
+            shutil.rmtree(data, ignore_errors=True)
+            shutil.rmtree(log_path.parent, ignore_errors=True)

@@ -1,7 +1,7 @@
 """Ingest through the worker processes (``OBSERVATORY_INGEST_PROCESSES``) on both databases:
 the same answers and stored data as in-process preparation, errors raised in a worker reach the
-client, and a worker that dies costs one 503 (nothing stored, nothing lost) before the pool is
-replaced."""
+client, a worker that dies costs one 503 (nothing stored, nothing lost) before the pool is
+replaced, and the workers of a server killed outright exit on their own."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ import signal
 import time
 from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 
 from prometheus_client import REGISTRY
 
+from observatory.ingest.workers import PARENT_POLL_SECONDS
+from tests.conftest import Server
 from tests.integration.conftest import App
 from tests.otlp_builder import SpanSpec, agent_trace, json_request, protobuf_request, trace_id
 
@@ -87,3 +90,58 @@ def test_a_dead_worker_costs_one_retry(app_factory: Callable[..., App], database
     assert pooled.get(f"/api/v1/traces/{trace_id(5)}").json()["trace"]["span_count"] == 2
     (new_pid,) = _workers(pooled)
     assert new_pid != pid
+
+
+def _start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat (tells a process from a later one with its pid); None once
+    it has exited (a zombie has exited too)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+def _children(pid: int) -> dict[int, int | None]:
+    """Child pid -> its start time."""
+    pids = [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
+    return {child: _start_time(child) for child in pids}
+
+
+def test_workers_exit_when_the_server_is_killed(server_factory: Callable[..., Server]) -> None:
+    server = server_factory(env={"OBSERVATORY_INGEST_PROCESSES": "2"})
+    children = _children(server.process.pid)  # the workers and multiprocessing's resource tracker
+    workers = [
+        pid
+        for pid in children
+        if b"multiprocessing.spawn" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    assert len(workers) == 2, children
+    # While the server lives, its workers keep working (the watch has looked a few times).
+    time.sleep(3 * PARENT_POLL_SECONDS)
+    with server.client() as client:
+        response = client.post(
+            "/v1/traces",
+            content=protobuf_request(agent_trace(1, llm_calls=1)),
+            headers={"Content-Type": "application/x-protobuf"},
+        )
+    assert response.status_code == 200, response.text
+    assert _children(server.process.pid) == children
+    # SIGKILL: the server cannot stop its pool.
+    server.kill()
+
+    def left() -> list[int]:
+        return [pid for pid, started in children.items() if _start_time(pid) == started]
+
+    try:
+        deadline = time.monotonic() + 30
+        while left() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert left() == [], "processes of the killed server still run"
+    finally:
+        for pid in left():
+            os.kill(pid, signal.SIGKILL)

@@ -9,7 +9,8 @@ which sends back the encoded rows, their aggregates and the usage numbers for th
 
 A worker that dies (killed, out of memory) breaks the pool: the request in flight is answered
 503 with Retry-After (its spans were not stored, so the client's retry loses nothing) and a new
-pool is started for the next request.
+pool is started for the next request. A worker whose server process is gone (SIGKILL leaves it
+no chance to stop its pool) exits on its own within a second: see :func:`_watch_parent`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -71,10 +73,56 @@ def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
     return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
 
 
+# How often a worker checks that its server process is still there.
+PARENT_POLL_SECONDS = 1.0
+
+
 def _init_worker() -> None:
     # Ctrl-C in a terminal reaches the whole process group: the server shuts the pool down
     # itself after draining, so a worker must not die of the same SIGINT mid-request.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _watch_parent()
+
+
+def _watch_parent(poll_seconds: float = PARENT_POLL_SECONDS) -> None:
+    """Exit this worker within ``poll_seconds`` once the server process that started it is gone.
+
+    The server stops its pool when it shuts down, but after SIGKILL (or the OOM killer) the
+    workers would wait on their call queue forever. A process whose parent exits is given a new
+    parent (init, or a subreaper), so ``getppid()`` stops returning the pid it returned at start
+    when, and only when, the server has exited. The end of file on ``parent_process().sentinel``
+    would do too, but it comes when no process holds the other end of that pipe any more, which
+    depends on what the server and anything it starts do with that descriptor.
+    """
+    parent_pid = os.getppid()
+    owner = multiprocessing.parent_process()
+    owner_pid = owner.pid if owner is not None else None
+    if owner_pid is not None and owner_pid != parent_pid and not _exists(owner_pid):
+        os._exit(1)  # the server died before this worker got here: it was reparented already
+    threading.Thread(
+        target=_exit_when_orphaned,
+        args=(parent_pid, poll_seconds),
+        name="observatory-parent-watch",
+        daemon=True,
+    ).start()
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process has the pid
+    return True
+
+
+def _exit_when_orphaned(parent_pid: int, poll_seconds: float) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(poll_seconds)
+    # Not a clean exit: the main thread may hold the call queue's lock, and nobody is left to
+    # read a result.
+    os._exit(1)
 
 
 def _warm_up() -> int:
