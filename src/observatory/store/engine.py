@@ -157,14 +157,28 @@ class Database:
                 log.warning(
                     "read replica unreachable, using the primary: %s", exc.__class__.__name__
                 )
-                with self._lock:
-                    self._replica_down_until = time.monotonic() + REPLICA_RETRY_SECONDS
+                self._replica_down()
             else:
                 with conn:
-                    yield conn
+                    try:
+                        yield conn
+                    except DBAPIError as exc:
+                        # The replica went away under a running query (stopped, failed over):
+                        # this request fails, the next ones read from the primary.
+                        if isinstance(exc, OperationalError) or exc.connection_invalidated:
+                            log.warning(
+                                "read replica lost during a query, using the primary: %s",
+                                exc.__class__.__name__,
+                            )
+                            self._replica_down()
+                        raise
                 return
         with self.engine.connect() as conn:
             yield conn
+
+    def _replica_down(self) -> None:
+        with self._lock:
+            self._replica_down_until = time.monotonic() + REPLICA_RETRY_SECONDS
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

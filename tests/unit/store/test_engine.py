@@ -64,3 +64,31 @@ def test_cluster_lock_file_on_sqlite(tmp_path: Path) -> None:
         assert (tmp_path / "observatory.db.test-lock").exists()
     finally:
         db.dispose()
+
+
+def test_a_replica_lost_mid_query_sends_the_next_reads_to_the_primary(pg_url: str) -> None:
+    import psycopg
+    from sqlalchemy.exc import OperationalError
+
+    from tests.conftest import PG_ADMIN_URL, create_pg_database, drop_pg_database
+
+    # Two databases on one server stand for the primary and its replica.
+    replica_url = create_pg_database("obs_replica")
+    db = Database(pg_url, replica_url, pool_size=2)
+    try:
+
+        def database() -> str:
+            with db.read() as conn:
+                return str(conn.exec_driver_sql("SELECT current_database()").scalar())
+
+        assert database() == replica_url.rsplit("/", 1)[1]
+        with pytest.raises(OperationalError):
+            with db.read() as conn:
+                pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+                with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+                    admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                conn.exec_driver_sql("SELECT 1")  # the replica is gone under this query
+        assert database() == pg_url.rsplit("/", 1)[1]
+    finally:
+        db.dispose()
+        drop_pg_database(replica_url)
