@@ -135,8 +135,8 @@ def test_hours_changed_after_compaction_are_read_from_the_rows(app_factory, data
     # Late spans land in two compacted hours: their stamps no longer match.
     _ingest(app, rng, 5000, 1, 2)
     with db.read() as conn:
-        valid, stale = cube.valid_hours(conn, 1, None, None)
-    assert len(stale) == 2 and len(valid) == 28
+        hours = cube.validity(conn, 1, None, None)
+    assert len(hours.stale) == 2 and len(hours.valid) == 28 and hours.skip == hours.stale
     mixed = _answers(app)
     queries_without_cube = queries.CUBE_MAX_STALE_HOURS
     try:
@@ -162,19 +162,32 @@ def test_compaction_follows_deleted_hours_and_settles(app_factory, database_url)
     # An hour that ended less than a minute ago is left for the next round.
     assert cube.compact(db, now_s=first_hour + 3 * 3600 + 30).hours == 2
     assert cube.compact(db, now_s=FAR_FUTURE_S).hours == 1
-    # Retention (or erasure) removed an hour's rollups: its cells and stamp go too.
+    # Retention (or erasure) removed an hour's rollups (a whole hour of RANGE): its cells and
+    # stamp go too.
+    gone = first_hour + 3600
     with db.write() as conn:
         for table in (rollups_1h, rollups_1h_latency):
-            conn.execute(delete(table).where(table.c.bucket_start_unix_s == first_hour))
+            conn.execute(delete(table).where(table.c.bucket_start_unix_s == gone))
+    # Until the next round its cells are still there, and never read.
+    with db.read() as conn:
+        hours = cube.validity(conn, 1, None, None)
+    assert hours.skip == {gone} and not hours.stale and len(hours.valid) == 2
+    with_cells_left = _answers(app)
+    queries_without_cube = queries.CUBE_MAX_STALE_HOURS
+    try:
+        queries.CUBE_MAX_STALE_HOURS = -1  # every query reads the rows
+        assert _same(_answers(app), with_cells_left)
+    finally:
+        queries.CUBE_MAX_STALE_HOURS = queries_without_cube
     assert cube.compact(db, now_s=FAR_FUTURE_S).hours == 1
     with db.read() as conn:
         left = conn.execute(
             select(func.count())
             .select_from(rollups_1h_cube)
-            .where(rollups_1h_cube.c.bucket_start_unix_s == first_hour)
+            .where(rollups_1h_cube.c.bucket_start_unix_s == gone)
         ).scalar_one()
-        valid, stale = cube.valid_hours(conn, 1, None, None)
-    assert left == 0 and len(valid) == 2 and not stale
+        hours = cube.validity(conn, 1, None, None)
+    assert left == 0 and len(hours.valid) == 2 and not hours.stale and not hours.skip
     assert _count(app, rollups_1h_cube_hours) == 2
 
 

@@ -23,12 +23,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, func, insert, literal_column, null, select
+from sqlalchemy import Connection, Table, delete, func, insert, literal_column, select
 
 from observatory.store import histogram
 from observatory.store.engine import Database, cluster_lock
@@ -289,50 +289,90 @@ def _snapshot(db: Database) -> Any:
 # --- reading ------------------------------------------------------------------------------------
 
 
-def valid_hours(
-    conn: Connection, project_id: int, lo: int | None, hi: int | None
-) -> tuple[set[int], set[int]]:
-    """(hours whose cube rows are current, hours with rollups whose cube rows are not)."""
+@dataclass(frozen=True)
+class Validity:
+    """Which hours of a range the cube may answer for."""
+
+    valid: set[int]  # built from the hour's current rollups
+    stale: set[int]  # with rollups the cube rows do not reflect (or none): read the rows
+    skip: set[int]  # with cube rows that must not be read (stale, or rollups gone)
+
+
+def validity(conn: Connection, project_id: int, lo: int | None, hi: int | None) -> Validity:
     totals = _as_stamps(_hour_totals(conn, project_id, lo, hi))
     stamps = _as_stamps(_stamps(conn, project_id, lo, hi))
     valid = {key[1] for key, stamp in totals.items() if stamps.get(key) == stamp}
-    stale = {key[1] for key in totals} - valid
-    return valid, stale
+    return Validity(valid, {key[1] for key in totals} - valid, {key[1] for key in stamps} - valid)
 
 
-def read(
-    conn: Connection,
-    project_id: int,
-    mask: int,
-    filters: dict[str, str],
-    group_column: str | None,
-    llm_only: bool,
-    lo: int | None,
-    hi: int | None,
-    *,
-    histograms: bool = True,
-) -> list[tuple[Any, ...]]:
-    """Rows ``(hour, group value, *ROLLUP_SUMS, *percentiles, lo, counts)`` of the set ``mask``
-    in ``[lo, hi)`` (the histogram as stored: see histogram.from_stored); without
-    ``histograms``, ``lo`` and ``counts`` are 0 and None (for points made of one row each)."""
-    c = rollups_1h_cube.c
-    cond = [*_in_range(rollups_1h_cube, project_id, lo, hi), c.dims == mask]
-    for column, value in filters.items():
-        cond.append(getattr(c, column) == value)
-    if llm_only:
-        cond.append(c.llm == 1)
-    group = getattr(c, group_column) if group_column else literal_column("''")
-    return list(
-        conn.execute(
-            select(
-                c.bucket_start_unix_s,
-                group,
-                *[getattr(c, name) for name in ROLLUP_SUMS],
-                *[getattr(c, name) for name in histogram.PERCENTILE_NAMES],
-                *((c.lo, c.counts) if histograms else (literal_column("0"), null())),
-            ).where(*cond)
-        ).all()
-    )
+@dataclass(frozen=True)
+class Cells:
+    """The cube cells one dashboard query reads: the set ``mask``, its filter values, LLM calls
+    only or all, hours in ``[lo, hi)`` but for ``skip``."""
+
+    project_id: int
+    mask: int
+    filters: dict[str, str]
+    group_column: str | None
+    llm_only: bool
+    lo: int | None
+    hi: int | None
+    skip: frozenset[int] = frozenset()
+
+    def _where(self) -> list[Any]:
+        c = rollups_1h_cube.c
+        cond = [*_in_range(rollups_1h_cube, self.project_id, self.lo, self.hi), c.dims == self.mask]
+        cond.extend(getattr(c, column) == value for column, value in self.filters.items())
+        if self.llm_only:
+            cond.append(c.llm == 1)
+        if self.skip:
+            cond.append(c.bucket_start_unix_s.not_in(sorted(self.skip)))
+        return cond
+
+    def _group(self) -> Any:
+        c = rollups_1h_cube.c
+        return (getattr(c, self.group_column) if self.group_column else literal_column("''")).label(
+            "g"
+        )
+
+    def points(self, conn: Connection) -> list[Any]:
+        """Rows ``(hour, group value, *ROLLUP_SUMS, *percentiles)``, one per cell: for a series
+        whose points are one cell each (hourly, LLM calls only)."""
+        c = rollups_1h_cube.c
+        return list(
+            conn.execute(
+                select(
+                    c.bucket_start_unix_s,
+                    self._group(),
+                    *[getattr(c, name) for name in ROLLUP_SUMS],
+                    *[getattr(c, name) for name in histogram.PERCENTILE_NAMES],
+                ).where(*self._where())
+            ).all()
+        )
+
+    def sums(self, conn: Connection, bucket: Callable[[Any], Any] | None) -> list[Any]:
+        """Rows ``(bucket, group value, *ROLLUP_SUMS)``, added up by the database per
+        ``bucket(hour column)`` (0 for the whole range when None) and group."""
+        c = rollups_1h_cube.c
+        b = (bucket(c.bucket_start_unix_s) if bucket else literal_column("0")).label("b")
+        g = self._group()
+        keys = [k for k, used in ((b, bucket), (g, self.group_column)) if used]
+        return list(
+            conn.execute(
+                select(b, g, *[func.sum(getattr(c, name)) for name in ROLLUP_SUMS])
+                .where(*self._where())
+                .group_by(*keys)
+            ).all()
+        )
+
+    def histograms(self, conn: Connection) -> list[Any]:
+        """Rows ``(hour, group value, lo, counts)`` (see histogram.from_stored)."""
+        c = rollups_1h_cube.c
+        return list(
+            conn.execute(
+                select(c.bucket_start_unix_s, self._group(), c.lo, c.counts).where(*self._where())
+            ).all()
+        )
 
 
 # --- in the server ------------------------------------------------------------------------------

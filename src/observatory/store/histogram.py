@@ -8,6 +8,7 @@ exact ones.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from bisect import bisect_left
@@ -28,6 +29,27 @@ def bucket_index(duration_ms: float) -> int:
         return 0
     index = math.floor(math.log(duration_ms / MIN_MS) / _LOG_RATIO) + 1
     return min(index, MAX_INDEX)
+
+
+@functools.cache
+def lower_bounds() -> tuple[float, ...]:
+    """The smallest float of each bucket 1 … MAX_INDEX, ascending: ``bucket_index(d)`` is the
+    number of them at most ``d`` (``bisect_right``) for every float ``d`` but NaN.
+
+    SQL can then compute a bucket with comparisons alone, exactly as :func:`bucket_index` does
+    here, whatever the database's ``ln()`` rounds to (or whether it has one: SQLite's math
+    functions are a compile-time option)."""
+    bounds = []
+    for index in range(1, MAX_INDEX + 1):
+        # The analytic bound lies some ulps (tens at most) off the float where the rounded
+        # quotient and log cross over; bucket_index is monotonic, so walk to it.
+        value = MIN_MS * math.exp(_LOG_RATIO * (index - 1))
+        while bucket_index(value) >= index:
+            value = math.nextafter(value, 0.0)
+        while bucket_index(value) < index:
+            value = math.nextafter(value, math.inf)
+        bounds.append(value)
+    return tuple(bounds)
 
 
 def bucket_sql(column: str = "duration_ms") -> str:

@@ -11,17 +11,22 @@ from typing import Any
 import orjson
 from sqlalchemy import (
     ColumnElement,
+    Double,
+    Integer,
     Table,
+    Text,
     and_,
+    case,
     cast,
     exists,
     func,
+    literal,
     literal_column,
     or_,
     select,
     tuple_,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.engine import Connection
 
 from observatory.store import cube, histogram
@@ -480,38 +485,30 @@ def _zero_totals() -> dict[str, Any]:
     }
 
 
-class _CubeHistogram:
-    """The histogram of one cube row, with its stored percentiles: used as it is when nothing
-    else adds to its point (an hourly series), unpacked only to be merged."""
+class _KnownPercentiles:
+    """A point's percentiles as the rollup cube stored them (an hourly series needs no
+    histogram); nothing else may add to such a point."""
 
-    __slots__ = ("counts", "lo", "percentiles")
+    __slots__ = ("values",)
 
-    def __init__(self, lo: int, counts: bytes | None, percentiles: list[float | None]) -> None:
-        self.lo = lo
-        self.counts = counts
-        self.percentiles = percentiles
+    def __init__(self, values: list[float | None]) -> None:
+        self.values = values
 
 
-Histogram = int | _CubeHistogram  # packed (store/histogram.py), or one cube row's
+Histogram = int | _KnownPercentiles  # packed (store/histogram.py), or known percentiles
 
 
-def _packed(hist: Histogram) -> int:
-    if isinstance(hist, _CubeHistogram):
-        assert hist.counts is not None, "a point made of several cube rows read without histograms"
-        return histogram.from_stored(hist.lo, hist.counts) if hist.counts else 0
-    return hist
-
-
-def _add_histogram(hists: dict[tuple[int, Any], Histogram], key: Any, hist: Histogram) -> None:
-    have = hists.get(key)
-    hists[key] = hist if have is None else _packed(have) + _packed(hist)
+def _add_histogram(hists: dict[tuple[int, Any], Histogram], key: Any, packed: int) -> None:
+    have = hists.get(key, 0)
+    assert isinstance(have, int), "a point with stored percentiles cannot be merged"
+    hists[key] = have + packed
 
 
 def _finish(acc: dict[str, Any], hist: Histogram) -> dict[str, Any]:
     """The API's aggregate item from summed totals and a latency histogram."""
     requests = acc["requests"]
-    if isinstance(hist, _CubeHistogram):
-        percentiles = hist.percentiles
+    if isinstance(hist, _KnownPercentiles):
+        percentiles = hist.values
     else:
         percentiles = histogram.packed_percentiles(hist, QUANTILES)
     return {
@@ -732,35 +729,31 @@ def _from_cube(
     mask = cube.mask_of([*filters, *([q.group_column] if q.group_column else [])])
     if mask is None:
         return None
-    valid, stale = cube.valid_hours(conn, q.project_id, q.lo, q.hi)
-    if not valid or len(stale) > CUBE_MAX_STALE_HOURS:
+    hours = cube.validity(conn, q.project_id, q.lo, q.hi)
+    if not hours.valid or len(hours.stale) > CUBE_MAX_STALE_HOURS:
         return None
-    # An hourly series of LLM calls has one cube row per point (llm = 1, one value per group):
-    # the stored percentiles are its percentiles, the histograms need not leave the database.
-    one_row_per_point = q.step == HOUR and q.llm_only
-    rows = cube.read(
-        conn,
-        q.project_id,
-        mask,
-        filters,
-        q.group_column,
-        q.llm_only,
-        q.lo,
-        q.hi,
-        histograms=not one_row_per_point,
+    cells = cube.Cells(
+        q.project_id, mask, filters, q.group_column, q.llm_only, q.lo, q.hi, frozenset(hours.skip)
     )
-    sums_end = 2 + len(_SUM_NAMES)
-    for row in rows:
-        if row[0] not in valid:
-            continue
-        key = q.key(row[0], row[1])
-        acc = accs.get(key)
-        if acc is None:  # the cube's columns are typed: int, Decimal, float as in a total
+    if q.step == HOUR and q.llm_only:
+        # An hourly series of LLM calls has one cell per point (llm = 1, one value per group):
+        # its stored percentiles are the point's, no histogram need leave the database. The
+        # other segments' points (edge hours, stale hours) are other hours.
+        sums_end = 2 + len(_SUM_NAMES)
+        for row in cells.points(conn):
+            key = (row[0], row[1])
+            assert key not in accs, key
             accs[key] = dict(zip(_SUM_NAMES, row[2:sums_end], strict=True))
-        else:
-            _add_sums(acc, row[2:sums_end])
-        _add_histogram(hists, key, _CubeHistogram(row[-2], row[-1], list(row[sums_end:-2])))
-    return stale
+            hists[key] = _KnownPercentiles(list(row[sums_end:]))
+        return hours.stale
+    step = q.step
+    bucket = None if step is None else (lambda column: _bucket_expr(column, step))
+    for b, g, *sums in cells.sums(conn, bucket):
+        _add_sums(accs.setdefault((int(b), g), _zero_totals()), sums)
+    for hour, g, first, counts in cells.histograms(conn):
+        if counts:
+            _add_histogram(hists, q.key(hour, g), histogram.from_stored(first, counts))
+    return hours.stale
 
 
 def _from_sums(
@@ -849,41 +842,28 @@ def _analytics_raw(
     query = select(
         b,
         group_col.label("g"),
+        _latency_bucket(conn, s.duration_ms).label("i"),
         s.status_code,
         s.input_tokens,
         s.output_tokens,
         s.cache_read_tokens,
         s.cache_write_tokens,
         s.reasoning_tokens,
-        s.total_cost_usd,
+        s.total_cost_usd.label("cost_usd"),
         s.duration_ms,
     )
     if trace_level:
         query = query.join(
             traces, and_(traces.c.project_id == s.project_id, traces.c.trace_id == s.trace_id)
         )
-    rows = conn.execute(query.where(*cond)).all()
     accs: dict[tuple[int, Any], dict[str, Any]] = {}
     hists: dict[tuple[int, Any], int] = {}
-    for row in rows:
-        key = (int(row.b), row.g)
-        acc = accs.get(key)
-        if acc is None:
-            acc = accs[key] = _zero_totals()
-            hists[key] = 0
-        acc["requests"] += 1
-        acc["errors"] += row.status_code == 2
-        for name in (
-            "input_tokens",
-            "output_tokens",
-            "cache_read_tokens",
-            "cache_write_tokens",
-            "reasoning_tokens",
-        ):
-            acc[name] += getattr(row, name) or 0
-        acc["cost_usd"] += row.total_cost_usd or 0
-        acc["duration_ms_sum"] += row.duration_ms
-        hists[key] += histogram.pack(histogram.bucket_index(row.duration_ms), 1)
+    for b_value, g_value, latency_counts, *sums in conn.execute(
+        _raw_aggregate(query.where(*cond).subquery("matched"))
+    ):
+        key = (int(b_value), g_value)
+        _add_sums(accs.setdefault(key, _zero_totals()), sums)
+        hists[key] = _unpack_latency_counts(latency_counts)
     out = []
     for key, acc in accs.items():
         item = _finish(acc, hists[key])
@@ -891,6 +871,70 @@ def _analytics_raw(
         item["group"] = key[1] if group_by else None
         out.append(item)
     return _order_and_limit(out, bucket, limit)
+
+
+def _latency_bucket(conn: Connection, duration_ms: Any) -> Any:
+    """``histogram.bucket_index(duration_ms)`` in SQL, equal to it for every float but NaN: the
+    number of bucket lower bounds at most the duration, by comparisons only (no ln())."""
+    bounds = histogram.lower_bounds()
+    if conn.dialect.name == "postgresql":
+        # width_bucket(operand, thresholds): how many of the sorted thresholds are <= operand.
+        return func.width_bucket(duration_ms, literal(list(bounds), ARRAY(Double)))
+    return _count_bounds_at_most(duration_ms, bounds, 0, len(bounds))
+
+
+def _count_bounds_at_most(value: Any, bounds: Sequence[float], lo: int, hi: int) -> Any:
+    """How many of ``bounds`` are <= ``value``, known to be in [lo, hi]: a binary search in
+    nested CASEs (9 comparisons a row for 320 bounds), the bounds bound as exact doubles."""
+    if lo == hi:
+        return literal_column(str(lo), Integer)
+    mid = (lo + hi + 1) // 2
+    return case(
+        (
+            value < literal(bounds[mid - 1], Double),
+            _count_bounds_at_most(value, bounds, lo, mid - 1),
+        ),
+        else_=_count_bounds_at_most(value, bounds, mid, hi),
+    )
+
+
+def _raw_aggregate(matched: Any) -> Any:
+    """Totals per (bucket ``b``, group ``g``) of the matched spans (columns of _analytics_raw's
+    row query), in _SUM_NAMES order after ``b``, ``g`` and the latency counts as text
+    ``"index:count,…"``. One pass over the spans: per latency bucket first, then per group,
+    so only one row per group leaves the database."""
+    m = matched.c
+    per_latency_bucket = (
+        select(
+            m.b,
+            m.g,
+            m.i,
+            func.count().label("requests"),
+            func.sum(case((m.status_code == 2, 1), else_=0)).label("errors"),
+            # The token counts and cost_usd: summed as they are.
+            *[func.sum(getattr(m, name)).label(name) for name in _SUM_NAMES[2:-1]],
+            func.sum(m.duration_ms).label("duration_ms_sum"),
+        )
+        .group_by(m.b, m.g, m.i)
+        .subquery("per_latency_bucket")
+    )
+    p = per_latency_bucket.c
+    counts = cast(p.i, Text) + ":" + cast(p.requests, Text)
+    return select(
+        p.b,
+        p.g,
+        func.aggregate_strings(counts, ","),
+        *[func.sum(getattr(p, name)) for name in _SUM_NAMES],
+    ).group_by(p.b, p.g)
+
+
+def _unpack_latency_counts(text: str) -> int:
+    """A packed histogram from ``"index:count,…"``."""
+    packed = 0
+    for pair in text.split(","):
+        index, _, count = pair.partition(":")
+        packed += histogram.pack(int(index), int(count))
+    return packed
 
 
 def distinct_values(

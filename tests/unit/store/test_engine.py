@@ -82,12 +82,11 @@ def test_a_replica_lost_mid_query_sends_the_next_reads_to_the_primary(pg_url: st
                 return str(conn.exec_driver_sql("SELECT current_database()").scalar())
 
         assert database() == replica_url.rsplit("/", 1)[1]
-        with pytest.raises(OperationalError):
-            with db.read() as conn:
-                pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
-                with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-                    admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-                conn.exec_driver_sql("SELECT 1")  # the replica is gone under this query
+        with pytest.raises(OperationalError), db.read() as conn:
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+            with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            conn.exec_driver_sql("SELECT 1")  # the replica is gone under this query
         assert database() == pg_url.rsplit("/", 1)[1]
     finally:
         db.dispose()
