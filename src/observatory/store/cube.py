@@ -28,7 +28,17 @@ from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, func, insert, literal_column, select
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Table,
+    cast,
+    delete,
+    func,
+    insert,
+    literal_column,
+    select,
+)
 
 from observatory.store import histogram
 from observatory.store.engine import Database, cluster_lock
@@ -85,7 +95,8 @@ def _hour_totals(conn: Connection, project_id: int | None, lo: int | None, hi: i
         select(
             r.project_id,
             r.bucket_start_unix_s,
-            *[func.sum(getattr(r, name)).label(name) for name in CUBE_STAMP_SUMS],
+            # BIGINT sums: PostgreSQL would add them up as NUMERIC, slower to sum and to read.
+            *[cast(func.sum(getattr(r, name)), BigInteger).label(name) for name in CUBE_STAMP_SUMS],
         )
         .where(*_in_range(rollups_1h, project_id, lo, hi))
         .group_by(r.project_id, r.bucket_start_unix_s)
@@ -102,8 +113,7 @@ def _stamps(conn: Connection, project_id: int | None, lo: int | None, hi: int | 
 
 
 def _as_stamps(rows: Any) -> dict[tuple[int, int], Stamp]:
-    # PostgreSQL sums BIGINT as NUMERIC: compare as ints.
-    return {(int(r[0]), int(r[1])): tuple(int(v or 0) for v in r[2:]) for r in rows}
+    return {(r[0], r[1]): tuple(r[2:]) for r in rows}
 
 
 def _positions(mask: int) -> tuple[int, ...]:
