@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.driver import DriverConfig, run_load
+from bench.processes import free_port, stop_process
 from bench.servers import ResourceSampler, log_tail, start_process
 from bench.verify import count_acked, count_spans
 from bench.workload import Workload
-from observatory.subprocesses import free_port, stop_process
 
 PHOENIX_VERSION = "20.26.1"
 DEFAULT_VENV = Path(__file__).resolve().parent / ".venv-phoenix"

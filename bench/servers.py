@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import psycopg
 
+from bench.processes import free_port, stop_process
 from bench.stats import slope_per_minute
-from observatory.subprocesses import free_port, stop_process
 
 BIN = Path(sys.executable).parent
 DEFAULT_PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -22,8 +22,7 @@ import httpx
 import psycopg
 import pytest
 import redis
-
-from observatory.subprocesses import free_port, stop_process
+from bench.processes import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

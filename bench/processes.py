@@ -1,5 +1,6 @@
-"""For the tools that run servers as child processes side by side on loopback (the tests, the
-benchmarks): a port to give each one, and a stop that cannot hang."""
+"""For the tools that run servers as child processes side by side on loopback (the benchmarks
+and the tests, which import it from here): a port to give each one, and a stop that cannot hang.
+Kept out of the server package, which starts no processes of its own."""
 
 from __future__ import annotations
 
