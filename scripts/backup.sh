@@ -290,6 +290,11 @@ cmd_run() {
     start="$(date +%s)"
     ensure_stanza || log "warning: stanza-create failed; the backups below will tell why"
     for repo in ${BACKUP_REPOS}; do
+        if ((${STOPPING:-0})); then  # the schedule was asked to stop: no new backup
+            status=1
+            log "error: repo${repo}: backup skipped, stopping"
+            continue
+        fi
         repo_type="${type}"
         [[ "${type}" == auto ]] && repo_type="$(auto_type "${repo}")"
         log "starting ${repo_type} backup into repo${repo}"
@@ -326,12 +331,20 @@ cmd_schedule() {
         "restore test after the full backup on days '${BACKUP_RESTORE_TEST_DAYS:-7}'" \
         "(repositories: ${BACKUP_REPOS})"
     SLEEP_PID=""
-    trap 'log "schedule: stopping"; [[ -n "${SLEEP_PID}" ]] && kill "${SLEEP_PID}" 2>/dev/null; exit 0' TERM INT
+    STOPPING=0
+    IN_RESTORE_TEST=0
+    # SIGTERM (docker stop) ends a sleep at once; a backup that is running finishes and records
+    # its outcome in the metrics first, then the schedule stops. A restore test stops at once
+    # (its EXIT trap removes the scratch instance).
+    trap 'STOPPING=1
+        if ((IN_RESTORE_TEST)); then log "schedule: stopping"; exit 0; fi
+        [[ -n "${SLEEP_PID}" ]] && kill "${SLEEP_PID}" 2>/dev/null' TERM INT
     # A new deployment is protected at once, not from the next 02:00.
     if [[ -z "$(newest_full 1)" ]]; then
         log "schedule: no full backup yet, taking one now"
         cmd_run full || true
     fi
+    stop_if_asked
     while true; do
         now="$(date -u +%s)"
         delta=$((10#${minute} * 60 - now % 3600))
@@ -341,12 +354,19 @@ cmd_schedule() {
             SLEEP_PID=$!
             wait "${SLEEP_PID}" || true
             SLEEP_PID=""
+            stop_if_asked
             delta=$((delta - 30))
         done
         sleep 1
+        stop_if_asked
         if [[ "$(date -u +%H)" == "${hour}" ]]; then
             cmd_run full || true
-            if restore_test_due; then cmd_restore_test || true; fi
+            stop_if_asked
+            if restore_test_due; then
+                IN_RESTORE_TEST=1
+                cmd_restore_test || true
+                IN_RESTORE_TEST=0
+            fi
         else
             newest="$(newest_full 1)"
             # Heal a missed daily full (container down at 02:00, failed run) within the hour.
@@ -357,7 +377,15 @@ cmd_schedule() {
                 cmd_run incr || true
             fi
         fi
+        stop_if_asked
     done
+}
+
+stop_if_asked() {
+    if ((STOPPING)); then
+        log "schedule: stopping"
+        exit 0
+    fi
 }
 
 # ---------------------------------------------------------------------------------------------
