@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 
 from observatory.store import histogram, queries
 from observatory.store.schema import spans, traces
+from tests.compare import same_answers
 from tests.integration.conftest import App
 from tests.otlp_builder import BASE_NS, SpanSpec, llm_attributes, protobuf_request
 
@@ -104,17 +105,6 @@ def _reference(
         item["group"] = key[1] if group_by else None
         out.append(item)
     return queries._order_and_limit(out, bucket, limit)
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equal, but for the last bits of float sums added in another order (avg_latency_ms)."""
-    if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-9)
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
 
 
 def _edge_durations_ms() -> list[float]:
@@ -270,7 +260,7 @@ def test_raw_analytics_aggregate_in_the_database_as_in_python(app_factory, datab
                         got = queries._analytics_raw(conn, 1, f, **kwargs)
                         want = _reference(conn, 1, f, **kwargs)
                         assert want, (filters, kwargs)
-                        assert _same(got, want), (filters, kwargs, got, want)
+                        assert same_answers(got, want), (filters, kwargs, got, want)
                         # The histograms are the same, not only close: percentiles exactly.
                         assert [i["latency_ms"] for i in got] == [i["latency_ms"] for i in want]
                         compared += len(want)

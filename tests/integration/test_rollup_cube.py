@@ -3,7 +3,6 @@ per-dimension rollups, before and after compaction, and after spans arrive in a 
 
 from __future__ import annotations
 
-import math
 import random
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from observatory.store.schema import (
     rollups_1h_cube_hours,
     rollups_1h_latency,
 )
+from tests.compare import same_answers
 from tests.integration.conftest import App
 from tests.otlp_builder import BASE_NS, SpanSpec, llm_attributes, protobuf_request
 
@@ -71,30 +71,27 @@ def _ingest(
             first_trace += 100_000
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Equal, but for the last bits of float sums added in another order (avg_latency_ms)."""
-    if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-9)
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
-
-
-def _answers(app: App) -> list[list[dict[str, Any]]]:
-    with app.state.db.read() as conn:
-        return [
-            queries.analytics(
-                conn,
-                1,
-                queries.Filters(start_time=RANGE.start_time, end_time=RANGE.end_time, **filters),
-                group_by=group_by,
-                bucket=bucket,
-                llm_only=llm_only,
-            )
-            for filters, group_by, bucket, llm_only in QUERIES
-        ]
+def _answers(app: App, use_cube: bool = True) -> list[list[dict[str, Any]]]:
+    saved = queries.CUBE_MAX_STALE_HOURS
+    if not use_cube:
+        queries.CUBE_MAX_STALE_HOURS = -1  # every query reads the rollup rows
+    try:
+        with app.state.db.read() as conn:
+            return [
+                queries.analytics(
+                    conn,
+                    1,
+                    queries.Filters(
+                        start_time=RANGE.start_time, end_time=RANGE.end_time, **filters
+                    ),
+                    group_by=group_by,
+                    bucket=bucket,
+                    llm_only=llm_only,
+                )
+                for filters, group_by, bucket, llm_only in QUERIES
+            ]
+    finally:
+        queries.CUBE_MAX_STALE_HOURS = saved
 
 
 def _count(app: App, table: Any) -> int:
@@ -117,13 +114,13 @@ def test_the_cube_answers_exactly_like_the_rollup_rows(app_factory, database_url
     with db.read() as conn:
         sets = {r[0] for r in conn.execute(select(rollups_1h_cube.c.dims).distinct())}
     assert sets == set(cube.SETS)
-    assert _same(_answers(app), from_rows)
+    assert same_answers(_answers(app), from_rows)
     assert cube.compact(db, now_s=FAR_FUTURE_S).hours == 0  # nothing changed since
 
     # The answers really come from the cube: without the hourly latency rows they are the same.
     with db.write() as conn:
         conn.execute(delete(rollups_1h_latency))
-    assert _same(_answers(app)[:-1], from_rows[:-1])
+    assert same_answers(_answers(app)[:-1], from_rows[:-1])
 
 
 def test_hours_changed_after_compaction_are_read_from_the_rows(app_factory, database_url) -> None:  # type: ignore[no-untyped-def]
@@ -138,14 +135,9 @@ def test_hours_changed_after_compaction_are_read_from_the_rows(app_factory, data
         hours = cube.validity(conn, 1, None, None)
     assert len(hours.stale) == 2 and len(hours.valid) == 28 and hours.skip == hours.stale
     mixed = _answers(app)
-    queries_without_cube = queries.CUBE_MAX_STALE_HOURS
-    try:
-        queries.CUBE_MAX_STALE_HOURS = -1  # every query reads the rows
-        assert _same(_answers(app), mixed)
-    finally:
-        queries.CUBE_MAX_STALE_HOURS = queries_without_cube
+    assert same_answers(_answers(app, use_cube=False), mixed)
     assert cube.compact(db, now_s=FAR_FUTURE_S).hours == 2
-    assert _same(_answers(app), mixed)
+    assert same_answers(_answers(app), mixed)
 
 
 def test_compaction_follows_deleted_hours_and_settles(app_factory, database_url) -> None:  # type: ignore[no-untyped-def]
@@ -173,12 +165,7 @@ def test_compaction_follows_deleted_hours_and_settles(app_factory, database_url)
         hours = cube.validity(conn, 1, None, None)
     assert hours.skip == {gone} and not hours.stale and len(hours.valid) == 2
     with_cells_left = _answers(app)
-    queries_without_cube = queries.CUBE_MAX_STALE_HOURS
-    try:
-        queries.CUBE_MAX_STALE_HOURS = -1  # every query reads the rows
-        assert _same(_answers(app), with_cells_left)
-    finally:
-        queries.CUBE_MAX_STALE_HOURS = queries_without_cube
+    assert same_answers(_answers(app, use_cube=False), with_cells_left)
     assert cube.compact(db, now_s=FAR_FUTURE_S).hours == 1
     with db.read() as conn:
         left = conn.execute(

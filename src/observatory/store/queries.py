@@ -33,6 +33,7 @@ from observatory.store import cube, histogram
 from observatory.store import logs as log_store
 from observatory.store.schema import (
     ROLLUP_DIMENSIONS,
+    ROLLUP_SUMS,
     rollups_1h,
     rollups_1h_latency,
     rollups_1m,
@@ -632,17 +633,7 @@ def _bucket_expr(column: Any, step: int | None) -> Any:
     return column.op("/")(step).op("*")(step)
 
 
-_SUM_NAMES = (
-    "requests",
-    "errors",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "cost_usd",
-    "duration_ms_sum",
-)
+_SUM_NAMES = ROLLUP_SUMS  # the rollup tables' (and the cube's) sum columns, in order
 
 
 def _analytics_rollups(
