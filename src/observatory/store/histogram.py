@@ -53,12 +53,11 @@ def lower_bounds() -> tuple[float, ...]:
 
 
 def bucket_sql(column: str = "duration_ms") -> str:
-    """The same function in PostgreSQL SQL."""
-    return (
-        f"CASE WHEN {column} <= {MIN_MS} THEN 0 ELSE "
-        f"least(CAST(floor(ln({column} / {MIN_MS}) / {_LOG_RATIO!r}) AS INTEGER) + 1, "
-        f"{MAX_INDEX}) END"
-    )
+    """The same function in PostgreSQL SQL, exact for every float but NaN: how many of
+    :func:`lower_bounds` are at most ``column`` (``width_bucket`` over the sorted bounds; each
+    bound is written as its shortest round-trip decimal, which PostgreSQL reads back exactly)."""
+    bounds = ",".join(repr(bound) for bound in lower_bounds())
+    return f"width_bucket({column}, '{{{bounds}}}'::double precision[])"
 
 
 def bucket_bounds(index: int) -> tuple[float, float]:

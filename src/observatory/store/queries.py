@@ -486,45 +486,37 @@ def _zero_totals() -> dict[str, Any]:
     }
 
 
-class _KnownPercentiles:
-    """A point's percentiles as the rollup cube stored them (an hourly series needs no
-    histogram); nothing else may add to such a point."""
-
-    __slots__ = ("values",)
-
-    def __init__(self, values: list[float | None]) -> None:
-        self.values = values
-
-
-Histogram = int | _KnownPercentiles  # packed (store/histogram.py), or known percentiles
+Histogram = int  # packed (store/histogram.py)
 
 
 def _add_histogram(hists: dict[tuple[int, Any], Histogram], key: Any, packed: int) -> None:
-    have = hists.get(key, 0)
-    assert isinstance(have, int), "a point with stored percentiles cannot be merged"
-    hists[key] = have + packed
+    hists[key] = hists.get(key, 0) + packed
 
 
 def _finish(acc: dict[str, Any], hist: Histogram) -> dict[str, Any]:
     """The API's aggregate item from summed totals and a latency histogram."""
-    requests = acc["requests"]
-    if isinstance(hist, _KnownPercentiles):
-        percentiles = hist.values
-    else:
-        percentiles = histogram.packed_percentiles(hist, QUANTILES)
+    return _item([acc[name] for name in _SUM_NAMES], histogram.packed_percentiles(hist, QUANTILES))
+
+
+def _item(sums: Sequence[Any], percentiles: Sequence[float | None]) -> dict[str, Any]:
+    """The API's aggregate item from the sums (in ROLLUP_SUMS order) and the latency
+    percentiles (histogram.PERCENTILE_NAMES)."""
+    requests, errors, input_tokens, output_tokens, cache_read, cache_write, reasoning = sums[:7]
+    cost_usd, duration_ms_sum = sums[7:]
+    p50, p90, p95, p99 = percentiles
     return {
         "requests": requests,
-        "errors": acc["errors"],
-        "error_rate": (acc["errors"] / requests) if requests else 0.0,
-        "input_tokens": acc["input_tokens"],
-        "output_tokens": acc["output_tokens"],
-        "cache_read_tokens": acc["cache_read_tokens"],
-        "cache_write_tokens": acc["cache_write_tokens"],
-        "reasoning_tokens": acc["reasoning_tokens"],
-        "total_tokens": acc["input_tokens"] + acc["output_tokens"],
-        "cost_usd": _money(acc["cost_usd"]),
-        "avg_latency_ms": (acc["duration_ms_sum"] / requests) if requests else None,
-        "latency_ms": dict(zip(histogram.PERCENTILE_NAMES, percentiles, strict=True)),
+        "errors": errors,
+        "error_rate": (errors / requests) if requests else 0.0,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cache_read_tokens": cache_read,
+        "cache_write_tokens": cache_write,
+        "reasoning_tokens": reasoning,
+        "total_tokens": input_tokens + output_tokens,
+        "cost_usd": _money(cost_usd),
+        "avg_latency_ms": (duration_ms_sum / requests) if requests else None,
+        "latency_ms": {"p50": p50, "p90": p90, "p95": p95, "p99": p99},
     }
 
 
@@ -650,13 +642,15 @@ def _analytics_rollups(
     group_column = GROUP_BY_ROLLUP[group_by] if group_by else None
     accs: dict[tuple[int, Any], dict[str, Any]] = {}
     hists: dict[tuple[int, Any], Histogram] = {}
+    out: list[dict[str, Any]] = []  # finished items (hourly series points from the cube)
     for sums_table, latency_table, lo, hi in rollup_segments(f, step):
         q = _RollupQuery(project_id, f, group_column, llm_only, step, lo, hi)
-        hours = _from_cube(conn, q, accs, hists) if latency_table is rollups_1h_latency else None
+        hours = (
+            _from_cube(conn, q, accs, hists, out) if latency_table is rollups_1h_latency else None
+        )
         if hours is None or hours:
             _from_sums(conn, sums_table, q, hours, accs)
             _from_latency_rows(conn, latency_table, q, hours, hists)
-    out = []
     for key, acc in accs.items():
         item = _finish(acc, hists.get(key, 0))
         item["bucket_start_unix_s"] = key[0] if step else None
@@ -713,9 +707,11 @@ def _from_cube(
     q: _RollupQuery,
     accs: dict[tuple[int, Any], dict[str, Any]],
     hists: dict[tuple[int, Any], Histogram],
+    out: list[dict[str, Any]],
 ) -> set[int] | None:
-    """Add the sums and histograms of the hours the cube holds; return the hours it does not
-    hold (to read from the rollup rows), or None when the cube cannot answer this query."""
+    """Add the sums and histograms of the hours the cube holds (or, for an hourly series, its
+    finished points to ``out``); return the hours it does not hold (to read from the rollup
+    rows), or None when the cube cannot answer this query."""
     filters = _dimension_filters(q.f)
     mask = cube.mask_of([*filters, *([q.group_column] if q.group_column else [])])
     if mask is None:
@@ -730,12 +726,12 @@ def _from_cube(
         # An hourly series of LLM calls has one cell per point (llm = 1, one value per group):
         # its stored percentiles are the point's, no histogram need leave the database. The
         # other segments' points (edge hours, stale hours) are other hours.
-        sums_end = 2 + len(_SUM_NAMES)
-        for row in cells.points(conn):
-            key = (row[0], row[1])
-            assert key not in accs, key
-            accs[key] = dict(zip(_SUM_NAMES, row[2:sums_end], strict=True))
-            hists[key] = _KnownPercentiles(list(row[sums_end:]))
+        grouped = q.group_column is not None
+        for hour, group, *values in cells.points(conn):
+            item = _item(values[:9], values[9:])
+            item["bucket_start_unix_s"] = hour
+            item["group"] = group if grouped else None
+            out.append(item)
         return hours.stale
     step = q.step
     bucket = None if step is None else (lambda column: _bucket_expr(column, step))

@@ -458,8 +458,8 @@ def _rollup_ctes() -> str:
     ON CONFLICT ({_KEY}) DO UPDATE SET {update}
 ), l{suffix} AS (
     INSERT INTO {latency} ({_KEY}, bucket_index, count)
-    SELECT {group}, {bucket_sql()}, count(*)
-    FROM counted GROUP BY {group}, {bucket_sql()} ORDER BY {group}, {bucket_sql()}
+    SELECT {group}, latency_bucket, count(*)
+    FROM counted GROUP BY {group}, latency_bucket ORDER BY {group}, latency_bucket
     ON CONFLICT ({_KEY}, bucket_index)
     DO UPDATE SET count = {latency}.count + EXCLUDED.count
 """)
@@ -476,7 +476,7 @@ WITH ins AS (
               operation, request_model, response_model, input_tokens, output_tokens,
               cache_read_tokens, cache_write_tokens, reasoning_tokens, total_tokens,
               total_cost_usd, session_id, user_id
-), counted AS (
+), new_rows AS (
     -- Stored spans that are new, plus the spans sampling left out: rollups count both.
     SELECT project_id, start_time_unix_nano, duration_ms, status_code, service_name, environment,
            provider, operation, request_model, response_model, input_tokens, output_tokens,
@@ -487,6 +487,8 @@ WITH ins AS (
            provider, operation, request_model, response_model, input_tokens, output_tokens,
            cache_read_tokens, cache_write_tokens, reasoning_tokens, total_cost_usd
     FROM _obs_staging WHERE NOT _obs_keep
+), counted AS (
+    SELECT *, {bucket_sql()} AS latency_bucket FROM new_rows
 {_rollup_ctes()}), t AS (
     INSERT INTO traces (project_id, trace_id, start_time_unix_nano, end_time_unix_nano, duration_ms,
                         root_span_id, root_span_name, span_count, llm_call_count, error_count,

@@ -3,13 +3,15 @@
 * ``copy_line`` text reads back exactly (tabs, newlines, backslashes, NULL, numbers, unicode).
 * The fast path (COPY into ``spans`` + pre-aggregated upserts) stores the same spans, traces and
   rollups as the general path (staging + ``INSERT … ON CONFLICT`` + SQL rollups), for new
-  spans, for sampled-out spans and for retried batches (which fall back to the general path).
+  spans, for sampled-out spans, for durations on the latency buckets' edges and for retried
+  batches (which fall back to the general path).
 * ``EncodedRows`` survives pickling (the trip back from a worker process) and concatenation.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import pickle
 import sqlite3
 import subprocess
@@ -23,6 +25,7 @@ import pytest
 
 from observatory.ingest.pipeline import PROTOBUF, Policy, prepare
 from observatory.ingest.sampling import SamplingPolicy
+from observatory.store import histogram
 from observatory.store.schema import SPAN_COLUMNS
 from observatory.store.writes import (
     Aggregates,
@@ -84,7 +87,24 @@ def _batches() -> list[list[tuple[Any, ...]]]:
         spec.trace_hex = hashlib.md5(str(spec.trace).encode()).hexdigest()
     batches.append(list(prepare(protobuf_request(specs), PROTOBUF, 1, sampled).rows))
     assert any(not row[-1] for row in batches[-1]) and any(row[-1] for row in batches[-1])
+    # Durations on the latency buckets' edges: both paths must bucket them as bucket_index does
+    # (the general path in SQL, the fast path in Python).
+    specs = [s for t in range(50) for s in agent_trace(7000 + t, llm_calls=4)]
+    rows = list(prepare(protobuf_request(specs), PROTOBUF, 1, Policy()).rows)
+    bounds = histogram.lower_bounds()
+    edges = [0.0, histogram.MIN_MS]
+    for i in range(0, len(bounds), 3):
+        edges += [bounds[i], math.nextafter(bounds[i], 0.0)]
+    at = SPAN_COLUMNS.index("duration_ms")
+    batches.append(
+        [(*row[:at], edges[n % len(edges)], *row[at + 1 :]) for n, row in enumerate(rows)]
+    )
+    assert len(rows) >= len(edges)
     return batches
+
+
+def _digits(value: Any) -> Any:
+    return float(f"{value:.12g}") if isinstance(value, float) else value
 
 
 def _dump(url: str) -> dict[str, list[tuple[Any, ...]]]:
@@ -93,10 +113,8 @@ def _dump(url: str) -> dict[str, list[tuple[Any, ...]]]:
         for table, order in TABLES.items():
             columns = ", ".join(COMPARED) if table == "spans" else "*"
             rows = conn.execute(f"SELECT {columns} FROM {table} ORDER BY {order}").fetchall()
-            # Float sums depend on the order of addition; compare them to 1e-9 relative.
-            out[table] = [
-                tuple(round(v, 6) if isinstance(v, float) else v for v in row) for row in rows
-            ]
+            # Float sums depend on the order of addition; compare them to 12 significant digits.
+            out[table] = [tuple(_digits(v) for v in row) for row in rows]
     return out
 
 
