@@ -13,7 +13,8 @@ The cube is derived, never written by ingest. :func:`compact` (the server runs i
 ``OBSERVATORY_CUBE_INTERVAL_SECONDS``; ``observatory rollups compact`` runs it once) rebuilds the
 hours whose rollup totals changed since they were built, in one transaction per hour, and stamps
 each hour with the totals it was built from (``rollups_1h_cube_hours``). A query uses an hour's
-cube rows only while the stamp equals the hour's current totals in ``rollups_1h``; the hours that
+cube rows only while the stamp equals the hour's current totals in ``rollups_1h`` (on PostgreSQL
+read from ``rollups_1h_totals``, which triggers keep); the hours that
 changed since (the current hour, late spans, erasure, retention) are read from
 ``rollups_1h_latency`` as before, so answers are the same with or without the cube.
 """
@@ -50,6 +51,7 @@ from observatory.store.schema import (
     rollups_1h_cube,
     rollups_1h_cube_hours,
     rollups_1h_latency,
+    rollups_1h_totals,
 )
 
 log = logging.getLogger(__name__)
@@ -89,7 +91,15 @@ def _in_range(table: Table, project_id: int | None, lo: int | None, hi: int | No
 
 
 def _hour_totals(conn: Connection, project_id: int | None, lo: int | None, hi: int | None) -> Any:
-    """Per (project, hour) in ``[lo, hi)``: the rollups_1h totals a stamp is made of."""
+    """Per (project, hour) in ``[lo, hi)``: the rollups_1h totals a stamp is made of (on
+    PostgreSQL kept up to date by triggers in rollups_1h_totals; on SQLite added up)."""
+    if conn.dialect.name == "postgresql":
+        t = rollups_1h_totals.c
+        return conn.execute(
+            select(t.project_id, t.bucket_start_unix_s, *[getattr(t, n) for n in CUBE_STAMP_SUMS])
+            .where(*_in_range(rollups_1h_totals, project_id, lo, hi))
+            .where(t.requests > 0)
+        )
     r = rollups_1h.c
     return conn.execute(
         select(

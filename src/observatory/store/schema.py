@@ -323,6 +323,17 @@ rollups_1h_cube = Table(
 )
 # The rollups_1h totals of an hour when its cube rows were built.
 CUBE_STAMP_SUMS: tuple[str, ...] = ("requests", "errors", "input_tokens", "output_tokens")
+# PostgreSQL only: the current rollups_1h totals of every (project, hour) that has rollups, kept
+# by statement triggers on rollups_1h (migration 0010), so the cube's validity check reads one
+# row per hour instead of adding up the hour's rollup rows.
+rollups_1h_totals = Table(
+    "rollups_1h_totals",
+    metadata,
+    Column("project_id", BigInteger, nullable=False),
+    Column("bucket_start_unix_s", BigInteger, nullable=False),
+    *[Column(name, BigInteger, nullable=False) for name in CUBE_STAMP_SUMS],
+    PrimaryKeyConstraint("project_id", "bucket_start_unix_s", name="pk_rollups_1h_totals"),
+)
 rollups_1h_cube_hours = Table(
     "rollups_1h_cube_hours",
     metadata,

@@ -140,6 +140,54 @@ def test_fast_path_stores_what_the_general_path_stores(two_databases: list[str])
     assert len(left["spans"]) == stored
 
 
+_TOTALS = "project_id, bucket_start_unix_s, requests, errors, input_tokens, output_tokens"
+
+
+def _hour_totals(url: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """(rollups_1h_totals as the triggers keep them, the same added up from rollups_1h)."""
+    with psycopg.connect(url) as conn:
+        kept = conn.execute(f"SELECT {_TOTALS} FROM rollups_1h_totals ORDER BY 1, 2").fetchall()
+        added = conn.execute(
+            "SELECT project_id, bucket_start_unix_s, sum(requests)::bigint, sum(errors)::bigint, "
+            "sum(input_tokens)::bigint, sum(output_tokens)::bigint FROM rollups_1h "
+            "GROUP BY 1, 2 ORDER BY 1, 2"
+        ).fetchall()
+    return kept, added
+
+
+def test_hour_totals_follow_every_change_to_the_hourly_rollups(fresh_pg_url: str) -> None:
+    """rollups_1h_totals (triggers on rollups_1h) equal the rollup rows added up after inserts,
+    upserts through both write paths, updates and deletes of some of an hour's rows or all."""
+    url = _migrated(fresh_pg_url)
+    batches = _batches()
+    store = PostgresSpanStore(url)
+    try:
+        for n, rows in enumerate(batches):
+            if n % 2:
+                store.write(rows)  # the general path: rollups by SQL from the staged rows
+            else:
+                store.write(encode_rows(rows), aggregate(rows))  # the fast path
+            kept, added = _hour_totals(url)
+            assert kept == added and kept, n
+        store.write(batches[0] + batches[1][:7])  # a retry: only new spans count
+    finally:
+        store.close()
+    kept, added = _hour_totals(url)
+    assert kept == added
+    hours = [row[1] for row in kept]
+    assert len(hours) >= 2
+    with psycopg.connect(url) as conn:
+        conn.execute("UPDATE rollups_1h SET requests = requests + 2, errors = errors + 1")
+        # Part of one hour's rows, then all of another hour's.
+        conn.execute(
+            "DELETE FROM rollups_1h WHERE bucket_start_unix_s = %s AND model <> ''", [hours[0]]
+        )
+        conn.execute("DELETE FROM rollups_1h WHERE bucket_start_unix_s = %s", [hours[-1]])
+    kept, added = _hour_totals(url)
+    assert kept == added
+    assert hours[-1] not in [row[1] for row in kept]  # no rollups left: no totals row
+
+
 def test_copy_lines_read_back_exactly(fresh_pg_url: str) -> None:
     url = _migrated(fresh_pg_url)
     awkward = "tab\there\nnew line\r\\back\\slash \\N é ✓ \x01"
