@@ -125,9 +125,16 @@ def _num(value: Any) -> float | None:
 
 
 def _money(value: Any) -> str | None:
-    """Money leaves the API as a decimal string so no precision is lost in JSON."""
+    """Money leaves the API as a decimal string so no precision is lost in JSON: fixed-point,
+    without trailing zeros ("0.1476829500" → "0.14768295", "100.0000000000" → "100")."""
     if value is None:
         return None
+    if isinstance(value, Decimal):  # the common case, a few thousand times per series: cheaper
+        text = str(value)
+        if "E" not in text:
+            if "." in text:
+                text = text.rstrip("0").rstrip(".")
+            return text if text not in ("", "-0") else "0"
     amount = Decimal(value)
     return format(amount.normalize(), "f") if amount != 0 else "0"
 
