@@ -763,6 +763,14 @@ class PostgresSpanStore:
 # --- SQLite -------------------------------------------------------------------------------------
 
 
+# The writer's page cache and how much WAL it lets grow before it checkpoints. SQLite's defaults
+# (2 MiB, 1,000 pages = 4 MiB) make a batch of 1,000 spans re-read index pages and checkpoint
+# every few batches; with these the same writes take ~22 % less time (bench: 200 batches of the
+# bench workload, 12.1-13.4 s -> 9.7-10.3 s).
+SQLITE_WRITER_CACHE_KIB = 65_536
+SQLITE_WAL_AUTOCHECKPOINT_PAGES = 8_192
+
+
 class SqliteSpanStore:
     """The single writer of the embedded database."""
 
@@ -774,6 +782,8 @@ class SqliteSpanStore:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA busy_timeout=30000")
+        self._conn.execute(f"PRAGMA cache_size=-{SQLITE_WRITER_CACHE_KIB}")
+        self._conn.execute(f"PRAGMA wal_autocheckpoint={SQLITE_WAL_AUTOCHECKPOINT_PAGES}")
 
     def write(self, rows: Sequence[Any], aggregates: Aggregates | None = None) -> int:
         conn = self._conn

@@ -28,6 +28,8 @@ from observatory.ingest.sampling import SamplingPolicy
 from observatory.store import histogram
 from observatory.store.schema import SPAN_COLUMNS
 from observatory.store.writes import (
+    SQLITE_WAL_AUTOCHECKPOINT_PAGES,
+    SQLITE_WRITER_CACHE_KIB,
     Aggregates,
     EncodedRows,
     PostgresSpanStore,
@@ -248,6 +250,12 @@ def test_sqlite_with_aggregates_equals_without(tmp_path: Path) -> None:
             capture_output=True,
         )
     plain, with_aggregates = SqliteSpanStore(paths[0]), SqliteSpanStore(paths[1])
+    # The writer's own page cache and checkpoint interval (writes.py says why).
+    assert plain._conn.execute("PRAGMA cache_size").fetchone() == (-SQLITE_WRITER_CACHE_KIB,)
+    assert plain._conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (
+        SQLITE_WAL_AUTOCHECKPOINT_PAGES,
+    )
+    assert plain._conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL: acked = durable
     for rows in [*batches, batches[0], batches[1][:30] + batches[2]]:
         merged = Aggregates()
         merged.merge(aggregate(rows))
@@ -260,7 +268,7 @@ def test_sqlite_with_aggregates_equals_without(tmp_path: Path) -> None:
             dumps.append(
                 {
                     table: [
-                        tuple(round(v, 6) if isinstance(v, float) else v for v in row)
+                        tuple(_digits(v) for v in row)
                         for row in conn.execute(f"SELECT * FROM {table} ORDER BY {order}")
                     ]
                     for table, order in TABLES.items()
