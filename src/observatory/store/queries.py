@@ -734,8 +734,9 @@ def _from_cube(
         # its stored percentiles are the point's, no histogram need leave the database. The
         # other segments' points (edge hours, stale hours) are other hours.
         grouped = q.group_column is not None
+        sums = len(_SUM_NAMES)
         for hour, group, *values in cells.points(conn):
-            item = _item(values[:9], values[9:])
+            item = _item(values[:sums], values[sums:])
             item["bucket_start_unix_s"] = hour
             item["group"] = group if grouped else None
             out.append(item)

@@ -321,27 +321,28 @@ rollups_1h_cube = Table(
         name="pk_rollups_1h_cube",
     ),
 )
-# The rollups_1h totals of an hour when its cube rows were built.
+# The rollups_1h totals an hour's cube rows are stamped with.
 CUBE_STAMP_SUMS: tuple[str, ...] = ("requests", "errors", "input_tokens", "output_tokens")
+
+
+def _hour_totals_table(name: str) -> Table:
+    """One row per (project, hour) of CUBE_STAMP_SUMS."""
+    return Table(
+        name,
+        metadata,
+        Column("project_id", BigInteger, nullable=False),
+        Column("bucket_start_unix_s", BigInteger, nullable=False),
+        *[Column(column, BigInteger, nullable=False) for column in CUBE_STAMP_SUMS],
+        PrimaryKeyConstraint("project_id", "bucket_start_unix_s", name=f"pk_{name}"),
+    )
+
+
 # PostgreSQL only: the current rollups_1h totals of every (project, hour) that has rollups, kept
 # by statement triggers on rollups_1h (migration 0010), so the cube's validity check reads one
 # row per hour instead of adding up the hour's rollup rows.
-rollups_1h_totals = Table(
-    "rollups_1h_totals",
-    metadata,
-    Column("project_id", BigInteger, nullable=False),
-    Column("bucket_start_unix_s", BigInteger, nullable=False),
-    *[Column(name, BigInteger, nullable=False) for name in CUBE_STAMP_SUMS],
-    PrimaryKeyConstraint("project_id", "bucket_start_unix_s", name="pk_rollups_1h_totals"),
-)
-rollups_1h_cube_hours = Table(
-    "rollups_1h_cube_hours",
-    metadata,
-    Column("project_id", BigInteger, nullable=False),
-    Column("bucket_start_unix_s", BigInteger, nullable=False),
-    *[Column(name, BigInteger, nullable=False) for name in CUBE_STAMP_SUMS],
-    PrimaryKeyConstraint("project_id", "bucket_start_unix_s", name="pk_rollups_1h_cube_hours"),
-)
+rollups_1h_totals = _hour_totals_table("rollups_1h_totals")
+# The totals of each hour when its cube rows were built (the stamp).
+rollups_1h_cube_hours = _hour_totals_table("rollups_1h_cube_hours")
 
 audit_log = Table(
     "audit_log",
